@@ -1,0 +1,67 @@
+"""taskqueue: a reliable background task queue in your Django project's own database.
+
+The public API. Importing this package is safe before Django's app registry is ready (it is
+imported from ``INSTALLED_APPS``); the functions that touch the database load their modules
+on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from taskqueue.context import TaskContext
+from taskqueue.exceptions import (
+    InvalidPayload,
+    InvalidTaskOption,
+    PayloadTooLarge,
+    PermanentError,
+    Retry,
+    TaskqueueError,
+    UnknownTaskType,
+)
+from taskqueue.handlers import TaskHandler, handler, register
+from taskqueue.retry import Exponential, Fixed, Linear, NoRetry, RetryStrategy
+
+if TYPE_CHECKING:
+    from taskqueue.store import cancel, enqueue, enqueue_many
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "enqueue": "taskqueue.store",
+    "enqueue_many": "taskqueue.store",
+    "cancel": "taskqueue.store",
+}
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    # The store imports models, which needs the app registry: load it on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'taskqueue' has no attribute {name!r}")
+
+
+__all__ = [
+    "Exponential",
+    "Fixed",
+    "InvalidPayload",
+    "InvalidTaskOption",
+    "Linear",
+    "NoRetry",
+    "PayloadTooLarge",
+    "PermanentError",
+    "Retry",
+    "RetryStrategy",
+    "TaskContext",
+    "TaskHandler",
+    "TaskqueueError",
+    "UnknownTaskType",
+    "cancel",
+    "enqueue",
+    "enqueue_many",
+    "handler",
+    "register",
+]

@@ -1,0 +1,45 @@
+"""Exceptions raised by taskqueue, and the two a handler raises to steer its own outcome."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+
+class TaskqueueError(Exception):
+    """Base class of the errors taskqueue raises."""
+
+
+class UnknownTaskType(TaskqueueError, LookupError):
+    """No handler is registered under this task type."""
+
+
+class InvalidPayload(TaskqueueError, ValueError):
+    """The payload cannot be stored or cannot be passed to the handler."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """The serialised payload is larger than ``MAX_PAYLOAD_BYTES``."""
+
+
+class InvalidTaskOption(TaskqueueError, ValueError):
+    """An enqueue or handler option (priority, queue, time, attempts...) is not valid."""
+
+
+class Retry(Exception):
+    """Raise from a handler to retry the task, optionally after ``delay`` seconds."""
+
+    def __init__(self, reason: str = "", *, delay: float | timedelta | None = None) -> None:
+        super().__init__(reason or "retry requested by the handler")
+        if isinstance(delay, timedelta):
+            delay = delay.total_seconds()
+        if delay is not None and delay < 0:
+            raise ValueError("Retry delay must not be negative")
+        self.delay = delay
+
+
+class PermanentError(Exception):
+    """Raise from a handler to fail the task at once, without retrying."""
+
+
+class HandlerTimeout(TaskqueueError):
+    """The handler ran past its timeout and was stopped."""

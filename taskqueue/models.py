@@ -1,0 +1,327 @@
+"""Queue data: tasks, their attempts and dead letters, task types and workers.
+
+Read-only query helpers live here; every change of a task's state goes through
+``taskqueue.store``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+from taskqueue.priorities import priority_label
+
+
+class TaskStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    SCHEDULED = "scheduled", _("Scheduled")
+    WAITING = "waiting", _("Waiting on dependencies")
+    RUNNING = "running", _("Running")
+    RETRYING = "retrying", _("Retrying")
+    COMPLETED = "completed", _("Completed")
+    FAILED = "failed", _("Failed (dead letter)")
+    CANCELLED = "cancelled", _("Cancelled")
+
+
+# A task in one of these states is claimed as soon as its run_at has passed.
+READY_STATES = (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.RETRYING)
+# Not finished: an idempotency key is held, and the task can still be cancelled.
+UNFINISHED_STATES = (*READY_STATES, TaskStatus.WAITING, TaskStatus.RUNNING)
+FINISHED_STATES = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def ready(self) -> TaskQuerySet:
+        return self.filter(status__in=READY_STATES)
+
+    def due(self) -> TaskQuerySet:
+        return self.ready().filter(run_at__lte=Now())
+
+    def running(self) -> TaskQuerySet:
+        return self.filter(status=TaskStatus.RUNNING)
+
+    def unfinished(self) -> TaskQuerySet:
+        return self.filter(status__in=UNFINISHED_STATES)
+
+    def finished(self) -> TaskQuerySet:
+        return self.filter(status__in=FINISHED_STATES)
+
+    def dead(self) -> TaskQuerySet:
+        return self.filter(status=TaskStatus.FAILED)
+
+
+class Task(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    task_type = models.CharField(_("task type"), max_length=200)
+    queue = models.CharField(_("queue"), max_length=100, default="default")
+    payload = models.JSONField(_("payload"), default=dict)
+    status = models.CharField(
+        _("status"), max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING
+    )
+    priority = models.SmallIntegerField(_("priority"), default=0)
+    run_at = models.DateTimeField(_("run at"), db_default=Now())
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    max_attempts = models.PositiveIntegerField(_("max attempts"), default=3)
+    retry = models.JSONField(_("retry strategy"), null=True, blank=True)
+    timeout = models.FloatField(_("timeout (seconds)"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    result = models.JSONField(_("result"), null=True, blank=True)
+    progress = models.FloatField(_("progress"), null=True, blank=True)
+    progress_message = models.CharField(
+        _("progress message"), max_length=255, blank=True, default=""
+    )
+    # NULL, not "", for "no key": the partial unique constraint must ignore keyless tasks.
+    idempotency_key = models.CharField(  # noqa: DJ001
+        _("idempotency key"), max_length=255, null=True, blank=True
+    )
+    depends_on = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        through="TaskDependency",
+        related_name="dependents",
+        blank=True,
+        verbose_name=_("depends on"),
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    # NULL reads "no worker holds it".
+    claimed_by = models.CharField(  # noqa: DJ001
+        _("claimed by worker"), max_length=255, null=True, blank=True
+    )
+    # A fresh token for every claim: every write about a running task is fenced by it, so a
+    # worker that lost its claim cannot overwrite the new owner's outcome.
+    lease_id = models.UUIDField(_("lease"), null=True, blank=True, editable=False)
+    cancel_requested = models.BooleanField(_("cancel requested"), default=False)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("task")
+        verbose_name_plural = _("tasks")
+        ordering = ("-created_at",)
+        indexes = [
+            # The claim reads only this partial index, in exactly its order, so finished
+            # history (however large) never slows claiming.
+            models.Index(
+                fields=["-priority", "run_at", "created_at"],
+                name="taskqueue_task_due_idx",
+                condition=Q(status__in=READY_STATES),
+            ),
+            models.Index(
+                fields=["claimed_by"],
+                name="taskqueue_task_running_idx",
+                condition=Q(status=TaskStatus.RUNNING),
+            ),
+            models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
+            models.Index(fields=["status", "completed_at"], name="taskqueue_task_finished_idx"),
+            models.Index(fields=["created_at"], name="taskqueue_task_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                name="taskqueue_task_idempotency_key_unfinished",
+                condition=Q(idempotency_key__isnull=False) & Q(status__in=UNFINISHED_STATES),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_type} {self.id} ({self.status})"
+
+    @property
+    def priority_label(self) -> str:
+        return priority_label(self.priority)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATES
+
+
+class TaskDependency(models.Model):
+    """``task`` waits until ``depends_on`` has completed."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    depends_on = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        verbose_name = _("task dependency")
+        verbose_name_plural = _("task dependencies")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task", "depends_on"], name="taskqueue_dependency_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} waits on {self.depends_on_id}"
+
+
+class AttemptOutcome(models.TextChoices):
+    FAILED = "failed", _("Failed")
+    TIMED_OUT = "timed_out", _("Timed out")
+    WORKER_LOST = "worker_lost", _("Worker lost")
+    RELEASED = "released", _("Released at shutdown")
+
+
+class TaskAttempt(models.Model):
+    """One attempt that did not succeed; a success is recorded on the task itself."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveIntegerField(_("attempt"))
+    worker_id = models.CharField(_("worker"), max_length=255, blank=True, default="")
+    outcome = models.CharField(_("outcome"), max_length=16, choices=AttemptOutcome.choices)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished at"), db_default=Now())
+    error_type = models.CharField(_("error type"), max_length=255, blank=True, default="")
+    error = models.TextField(_("error"), blank=True, default="")
+    traceback = models.TextField(_("traceback"), blank=True, default="")
+
+    class Meta:
+        verbose_name = _("task attempt")
+        verbose_name_plural = _("task attempts")
+        ordering = ("task", "number", "id")
+        indexes = [models.Index(fields=["task", "number"], name="taskqueue_attempt_task_idx")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.task_id}: {self.outcome}"
+
+    def as_history_entry(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "outcome": self.outcome,
+            "worker": self.worker_id,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "error_type": self.error_type,
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+
+class DeadLetter(models.Model):
+    """A task that ran out of attempts or failed permanently, kept for triage."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="dead_letters")
+    task_type = models.CharField(_("task type"), max_length=200)
+    queue = models.CharField(_("queue"), max_length=100, default="default")
+    error_type = models.CharField(_("error type"), max_length=255, blank=True, default="")
+    error = models.TextField(_("error"), blank=True, default="")
+    traceback = models.TextField(_("traceback"), blank=True, default="")
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    attempts_history = models.JSONField(_("attempts history"), default=list, blank=True)
+    failed_at = models.DateTimeField(_("failed at"), db_default=Now())
+    reviewed = models.BooleanField(_("reviewed"), default=False)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("reviewed by"),
+    )
+    reviewed_at = models.DateTimeField(_("reviewed at"), null=True, blank=True)
+    note = models.TextField(_("note"), blank=True, default="")
+    # Set when the task is retried from the dead-letter state; the row stays as history.
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+        ordering = ("-failed_at",)
+        indexes = [
+            models.Index(fields=["reviewed", "failed_at"], name="taskqueue_dead_reviewed_idx"),
+            models.Index(fields=["task_type", "error_type"], name="taskqueue_dead_group_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_type} {self.task_id}: {self.error_type or self.error[:60]}"
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed", _("Closed")
+    OPEN = "open", _("Open")
+    HALF_OPEN = "half_open", _("Half open (probing)")
+
+
+class TaskType(models.Model):
+    """A task type as the database knows it: served by workers, tunable in the admin."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    description = models.TextField(_("description"), blank=True, default="")
+    is_active = models.BooleanField(_("served by a live worker"), default=False)
+    paused = models.BooleanField(_("paused"), default=False)
+    critical = models.BooleanField(_("critical"), default=False)
+    default_queue = models.CharField(_("queue"), max_length=100, default="default")
+    default_priority = models.SmallIntegerField(_("priority"), default=0)
+    default_max_attempts = models.PositiveIntegerField(_("max attempts"), null=True, blank=True)
+    default_retry = models.JSONField(_("retry strategy"), null=True, blank=True)
+    default_timeout = models.FloatField(_("timeout (seconds)"), null=True, blank=True)
+    rate_limit = models.CharField(_("rate limit"), max_length=32, blank=True, default="")
+    concurrency_limit = models.PositiveIntegerField(_("concurrency limit"), null=True, blank=True)
+    circuit_state = models.CharField(
+        _("circuit"), max_length=16, choices=CircuitState.choices, default=CircuitState.CLOSED
+    )
+    circuit_opened_at = models.DateTimeField(_("circuit opened at"), null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+    last_seen_at = models.DateTimeField(_("last seen at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("task type")
+        verbose_name_plural = _("task types")
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkerStatus(models.TextChoices):
+    RUNNING = "running", _("Running")
+    STOPPING = "stopping", _("Stopping")
+    STOPPED = "stopped", _("Stopped")
+
+
+class Worker(models.Model):
+    """A ``run_worker`` process and its heartbeat."""
+
+    id = models.CharField(_("worker id"), max_length=255, primary_key=True)
+    hostname = models.CharField(_("host"), max_length=255)
+    pid = models.PositiveIntegerField(_("process id"))
+    queues = models.JSONField(_("queues"), default=list)
+    task_types = models.JSONField(_("task types served"), default=list)
+    concurrency = models.PositiveIntegerField(_("concurrency"))
+    status = models.CharField(
+        _("status"), max_length=16, choices=WorkerStatus.choices, default=WorkerStatus.RUNNING
+    )
+    started_at = models.DateTimeField(_("started at"), db_default=Now())
+    last_heartbeat = models.DateTimeField(_("last heartbeat"), db_default=Now())
+    stopped_at = models.DateTimeField(_("stopped at"), null=True, blank=True)
+    tasks_processed = models.PositiveBigIntegerField(_("tasks processed"), default=0)
+
+    class Meta:
+        verbose_name = _("worker")
+        verbose_name_plural = _("workers")
+        ordering = ("-last_heartbeat",)
+        indexes = [
+            models.Index(fields=["status", "last_heartbeat"], name="taskqueue_worker_live_idx")
+        ]
+
+    def __str__(self) -> str:
+        return self.id

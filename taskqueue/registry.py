@@ -1,0 +1,190 @@
+"""Handler specs and the registry that maps task types to them.
+
+Workers dispatch only to handlers registered here; a task type named by a database row is
+looked up in this dict, never imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from taskqueue.exceptions import InvalidTaskOption, UnknownTaskType
+from taskqueue.priorities import resolve_priority
+from taskqueue.retry import RetryStrategy
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+RATE_PATTERN = re.compile(r"^\d+/(s|m|h|d)$")
+
+
+def validate_queue_name(queue: Any) -> str:
+    """Return ``queue`` if it is a valid queue name, else raise ``InvalidTaskOption``."""
+    if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
+        raise InvalidTaskOption(
+            f"invalid queue name {queue!r}: use 1 to 100 letters, digits, '_', '.' or '-'"
+        )
+    return queue
+
+
+def validate_max_attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidTaskOption(f"max_attempts must be a positive integer, got {value!r}")
+    return value
+
+
+def validate_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidTaskOption(f"timeout must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """Everything known about one task type: the function and its defaults."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int | None = None
+    retry: RetryStrategy | None = None
+    timeout: float | None = None
+    rate_limit: str | None = None
+    concurrency_limit: int | None = None
+    critical: bool = False
+    description: str = ""
+    takes_context: bool = False
+    is_async: bool = False
+    signature: inspect.Signature = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+
+    def bind_payload(self, payload: dict[str, Any], context: Any = None) -> inspect.BoundArguments:
+        """Bind ``payload`` (and the context) to the handler, raising ``TypeError`` on mismatch."""
+        if self.takes_context:
+            return self.signature.bind(context, **payload)
+        return self.signature.bind(**payload)
+
+
+def build_spec(name: str, func: Callable[..., Any], **options: Any) -> HandlerSpec:
+    """Validate handler options and return the spec; errors name the handler and the option."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ImproperlyConfigured(
+            f"invalid task type name {name!r}: use 1 to 200 letters, digits, '_', '.', ':' or '-'"
+        )
+    if not callable(func):
+        raise ImproperlyConfigured(f"handler for {name!r} is not callable: {func!r}")
+    known = set(HandlerSpec.__dataclass_fields__) - {"name", "func", "is_async", "signature"}
+    unknown = set(options) - known
+    if unknown:
+        raise ImproperlyConfigured(
+            f"unknown option(s) for handler {name!r}: {', '.join(sorted(unknown))}"
+        )
+    try:
+        if "queue" in options:
+            validate_queue_name(options["queue"])
+        if "priority" in options:
+            options["priority"] = resolve_priority(options["priority"])
+        if options.get("max_attempts") is not None:
+            validate_max_attempts(options["max_attempts"])
+        if options.get("timeout") is not None:
+            options["timeout"] = validate_timeout(options["timeout"])
+        retry = options.get("retry")
+        if retry is not None and not isinstance(retry, RetryStrategy):
+            raise InvalidTaskOption(
+                "retry must be a strategy such as taskqueue.Exponential(), "
+                f"taskqueue.Linear(), taskqueue.Fixed() or taskqueue.NoRetry(), got {retry!r}"
+            )
+        rate = options.get("rate_limit")
+        if rate is not None and (not isinstance(rate, str) or not RATE_PATTERN.match(rate)):
+            raise InvalidTaskOption(f"rate_limit must look like '100/m' or '5/s', got {rate!r}")
+        limit = options.get("concurrency_limit")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise InvalidTaskOption(f"concurrency_limit must be a positive integer, got {limit!r}")
+    except InvalidTaskOption as exc:
+        raise ImproperlyConfigured(f"handler {name!r}: {exc}") from None
+    signature = inspect.signature(func)
+    takes_context = bool(options.get("takes_context", False))
+    if takes_context and not signature.parameters:
+        raise ImproperlyConfigured(
+            f"handler {name!r} has takes_context=True but accepts no context argument"
+        )
+    return HandlerSpec(
+        name=name,
+        func=func,
+        is_async=inspect.iscoroutinefunction(func),
+        signature=signature,
+        **options,
+    )
+
+
+class Registry:
+    """Task type name to ``HandlerSpec``; a duplicate name is a configuration error."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HandlerSpec] = {}
+        self._lock = threading.Lock()
+
+    def add(self, spec: HandlerSpec) -> HandlerSpec:
+        with self._lock:
+            existing = self._specs.get(spec.name)
+            if existing is not None and not _same_function(existing.func, spec.func):
+                raise ImproperlyConfigured(
+                    f"task type {spec.name!r} is registered twice: by "
+                    f"{_describe(existing.func)} and by {_describe(spec.func)}"
+                )
+            self._specs[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> HandlerSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise UnknownTaskType(f"no handler is registered for task type {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def specs(self) -> list[HandlerSpec]:
+        return [self._specs[name] for name in self.names()]
+
+    @contextmanager
+    def override(self, *specs: HandlerSpec, keep_existing: bool = True) -> Iterator[Registry]:
+        """Temporarily add handlers (tests); restores the previous registry on exit."""
+        saved = dict(self._specs)
+        if not keep_existing:
+            self._specs.clear()
+        try:
+            for spec in specs:
+                self._specs[spec.name] = spec
+            yield self
+        finally:
+            self._specs = saved
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """A module imported twice (reload) re-registers the same function: not a duplicate."""
+    if a is b:
+        return True
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == (
+        getattr(b, "__module__", None),
+        getattr(b, "__qualname__", None),
+    )
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+registry = Registry()

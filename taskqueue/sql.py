@@ -1,0 +1,192 @@
+"""The few statements the ORM cannot say in one round trip, per database vendor.
+
+Claiming and completing are the hot path: each is one statement for a whole batch of tasks.
+Only ``taskqueue.store`` calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connections
+from django.utils.dateparse import parse_datetime
+
+from taskqueue.models import READY_STATES, Task, TaskStatus
+
+NOTIFY_CHANNEL = "taskqueue"
+_READY = ", ".join(f"'{state.value}'" for state in READY_STATES)
+_RUNNING = TaskStatus.RUNNING.value
+_COMPLETED = TaskStatus.COMPLETED.value
+_NOW = {
+    "postgresql": "statement_timestamp()",
+    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """What a worker needs to run one claimed task, read straight from the claim."""
+
+    id: uuid.UUID
+    task_type: str
+    queue: str
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    retry: dict[str, Any] | None
+    timeout: float | None
+    lease_id: uuid.UUID
+    started_at: datetime | None
+
+
+def vendor(using: str) -> str:
+    name = connections[using].vendor
+    if name not in _NOW:
+        raise NotImplementedError(f"taskqueue supports PostgreSQL and SQLite, not {name}")
+    return name
+
+
+def db_now(using: str) -> datetime:
+    """Return the database clock as an aware UTC datetime."""
+    with connections[using].cursor() as cursor:
+        # Parameters given (even none) so both backends unescape the %% in the SQLite clock.
+        cursor.execute(f"SELECT {_NOW[vendor(using)]}", [])
+        (value,) = cursor.fetchone()
+    return _as_datetime(value)
+
+
+def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list[ClaimedTask]:
+    """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt."""
+    if limit <= 0 or not queues:
+        return []
+    kind = vendor(using)
+    table = Task._meta.db_table
+    lease = uuid.uuid4()
+    now = _NOW[kind]
+    placeholders = ", ".join(["%s"] * len(queues))
+    returning = (
+        "id, task_type, queue, payload, priority, attempts, max_attempts, retry, timeout, "
+        "started_at"
+    )
+    # One statement: pick due ids in the partial index's order, skip rows another worker is
+    # locking right now, and mark them ours. The attempt is counted here, at claim, so a
+    # task that kills its worker still runs out of attempts.
+    pick = (
+        f"SELECT id FROM {table} WHERE status IN ({_READY}) AND run_at <= {now} "
+        f"AND queue IN ({placeholders}) ORDER BY priority DESC, run_at, created_at LIMIT %s"
+    )
+    if kind == "postgresql":
+        sql = (
+            f"WITH due AS ({pick} FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {table} AS t SET status = '{_RUNNING}', attempts = t.attempts + 1, "
+            f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
+            f"cancel_requested = false FROM due WHERE t.id = due.id "
+            f"RETURNING {', '.join('t.' + col.strip() for col in returning.split(','))}"
+        )
+        params: list[Any] = [*queues, limit, worker_id, lease]
+    else:
+        # SQLite has one writer at a time: the UPDATE takes the write lock before its
+        # subquery reads, so two workers can never pick the same row.
+        sql = (
+            f"UPDATE {table} SET status = '{_RUNNING}', attempts = attempts + 1, "
+            f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
+            f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {returning}"
+        )
+        params = [worker_id, lease.hex, *queues, limit]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    claimed = [
+        ClaimedTask(
+            id=_as_uuid(row[0]),
+            task_type=row[1],
+            queue=row[2],
+            payload=_as_json(row[3]),
+            priority=row[4],
+            attempts=row[5],
+            max_attempts=row[6],
+            retry=_as_json(row[7]),
+            timeout=row[8],
+            lease_id=lease,
+            started_at=_as_datetime(row[9]) if row[9] is not None else None,
+        )
+        for row in rows
+    ]
+    # RETURNING does not promise an order; run the batch in claim order.
+    claimed.sort(key=lambda task: -task.priority)
+    return claimed
+
+
+def complete_batch(
+    using: str, completions: list[tuple[uuid.UUID, uuid.UUID, Any]]
+) -> set[uuid.UUID]:
+    """Mark (id, lease, result) triples completed; return the ids whose lease still held."""
+    if not completions:
+        return set()
+    kind = vendor(using)
+    table = Task._meta.db_table
+    now = _NOW[kind]
+    if kind == "postgresql":
+        values = ", ".join(["(%s::uuid, %s::uuid, %s::jsonb)"] * len(completions))
+        sql = (
+            f"UPDATE {table} AS t SET status = '{_COMPLETED}', result = v.result, "
+            f"completed_at = {now}, updated_at = {now} "
+            f"FROM (VALUES {values}) AS v(id, lease_id, result) "
+            f"WHERE t.id = v.id AND t.lease_id = v.lease_id AND t.status = '{_RUNNING}' "
+            f"RETURNING t.id"
+        )
+        params: list[Any] = []
+        for task_id, lease, result in completions:
+            params += [task_id, lease, _dump(result)]
+    else:
+        values = ", ".join(["(%s, %s, %s)"] * len(completions))
+        sql = (
+            f"WITH v(id, lease_id, result) AS (VALUES {values}) "
+            f"UPDATE {table} SET status = '{_COMPLETED}', result = v.result, "
+            f"completed_at = {now}, updated_at = {now} FROM v "
+            f"WHERE {table}.id = v.id AND {table}.lease_id = v.lease_id "
+            f"AND {table}.status = '{_RUNNING}' RETURNING {table}.id"
+        )
+        params = []
+        for task_id, lease, result in completions:
+            params += [task_id.hex, lease.hex, _dump(result)]
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        return {_as_uuid(row[0]) for row in cursor.fetchall()}
+
+
+def notify(using: str, queues: set[str] | list[str]) -> None:
+    """Wake listening workers of ``queues`` (PostgreSQL; delivered when the transaction commits)."""
+    if vendor(using) != "postgresql" or not queues:
+        return
+    with connections[using].cursor() as cursor:
+        for queue in sorted(set(queues)):
+            cursor.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, queue])
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, str):
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise ValueError(f"unreadable database timestamp {value!r}")
+        value = parsed
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value

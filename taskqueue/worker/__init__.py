@@ -1,0 +1,1 @@
+"""The worker: claim loop, executor and side duties (heartbeat, listener)."""

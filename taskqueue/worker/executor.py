@@ -1,0 +1,206 @@
+"""One claimed task in, one outcome out.
+
+The pipeline reads top to bottom: resolve the handler, check the payload, bind it, run the
+handler, classify what happened. Nothing here writes to the database; the loop records the
+outcome through ``taskqueue.store``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import traceback as tb_module
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from taskqueue.context import TaskContext
+from taskqueue.exceptions import (
+    HandlerTimeout,
+    InvalidPayload,
+    PermanentError,
+    Retry,
+    UnknownTaskType,
+)
+from taskqueue.models import AttemptOutcome
+from taskqueue.payloads import check_json
+from taskqueue.registry import HandlerSpec, registry
+from taskqueue.retry import NoRetry, next_delay, strategy_from_dict
+from taskqueue.sql import ClaimedTask
+
+SUCCEEDED = "succeeded"
+RETRY = "retry"
+DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one attempt, and the store verb it maps to."""
+
+    kind: str
+    duration: float
+    result: Any = None
+    delay: float = 0.0
+    error_type: str = ""
+    error: str = ""
+    traceback: str = ""
+    attempt_outcome: str = AttemptOutcome.FAILED
+
+
+class AsyncRunner:
+    """One event loop in a thread of its own, shared by every ``async def`` handler."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(_with_timeout(coro, timeout), self._ensure_loop())
+        return future.result()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="taskqueue-async", daemon=True
+                ).start()
+                self._loop = loop
+            return self._loop
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
+
+
+async def _with_timeout(coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+    if timeout is None:
+        return await coro
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await coro
+    except TimeoutError:
+        # A TimeoutError the handler raised itself is an ordinary failure, not ours.
+        if deadline.expired():
+            raise HandlerTimeout(f"timed out after {timeout:g} s") from None
+        raise
+
+
+def execute(
+    task: ClaimedTask, worker_id: str, async_runner: AsyncRunner, rng: random.Random
+) -> tuple[Outcome, TaskContext | None]:
+    """Run one claimed task and classify the result."""
+    started = time.monotonic()
+
+    def dead(error_type: str, error: str, traceback: str = "") -> Outcome:
+        return Outcome(
+            DEAD,
+            time.monotonic() - started,
+            error_type=error_type,
+            error=error,
+            traceback=traceback,
+        )
+
+    try:
+        spec = registry.get(task.task_type)
+    except UnknownTaskType as exc:
+        return dead("UnknownTaskType", str(exc)), None
+    if not isinstance(task.payload, dict):
+        return dead(
+            "InvalidPayload",
+            f"payload is a JSON {type(task.payload).__name__}, not an object of keyword arguments",
+        ), None
+    context = TaskContext(
+        task_id=task.id,
+        task_type=task.task_type,
+        queue=task.queue,
+        attempt=task.attempts,
+        max_attempts=task.max_attempts,
+        worker_id=worker_id,
+        lease_id=task.lease_id,
+    )
+    try:
+        bound = spec.bind_payload(task.payload, context)
+    except TypeError as exc:
+        return dead(
+            "InvalidPayload", f"payload does not match handler {spec.name!r}{spec.signature}: {exc}"
+        ), context
+    try:
+        result = _call(spec, bound.args, bound.kwargs, task.timeout, async_runner)
+    except Retry as exc:
+        return _failure(task, spec, exc, started, rng, requested_delay=exc.delay), context
+    except PermanentError as exc:
+        return dead(_error_type(exc), str(exc) or type(exc).__name__, _traceback(exc)), context
+    except HandlerTimeout as exc:
+        return _failure(task, spec, exc, started, rng, timed_out=True), context
+    except Exception as exc:
+        return _failure(task, spec, exc, started, rng), context
+    try:
+        check_json(result, "result")
+    except InvalidPayload as exc:
+        return dead("InvalidResult", f"handler returned a value that is not JSON: {exc}"), context
+    return Outcome(SUCCEEDED, time.monotonic() - started, result=result), context
+
+
+def _call(
+    spec: HandlerSpec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    async_runner: AsyncRunner,
+) -> Any:
+    if spec.is_async:
+        return async_runner.run(spec.func(*args, **kwargs), timeout)
+    return spec.func(*args, **kwargs)
+
+
+def _failure(
+    task: ClaimedTask,
+    spec: HandlerSpec,
+    exc: BaseException,
+    started: float,
+    rng: random.Random,
+    *,
+    requested_delay: float | None = None,
+    timed_out: bool = False,
+) -> Outcome:
+    strategy = strategy_from_dict(task.retry)
+    error = str(exc) or type(exc).__name__
+    attempt_outcome = AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED
+    exhausted = task.attempts >= task.max_attempts or isinstance(strategy, NoRetry)
+    if exhausted:
+        if isinstance(exc, Retry):
+            error = f"{error} (no attempts left: {task.attempts} of {task.max_attempts} used)"
+        kind, delay = DEAD, 0.0
+    else:
+        kind = RETRY
+        delay = (
+            requested_delay
+            if requested_delay is not None
+            else next_delay(task.attempts, strategy, rng)
+        )
+    return Outcome(
+        kind,
+        time.monotonic() - started,
+        delay=delay,
+        error_type="TimeoutError" if timed_out else _error_type(exc),
+        error=error,
+        traceback=_traceback(exc),
+        attempt_outcome=attempt_outcome,
+    )
+
+
+def _error_type(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(exc))

@@ -1,0 +1,60 @@
+"""LISTEN for new-task notifications (PostgreSQL) and wake the claim loop at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from django.db import connections
+
+from taskqueue.sql import NOTIFY_CHANNEL
+
+logger = logging.getLogger("taskqueue.worker.listener")
+
+MAX_BACKOFF = 5.0
+
+
+class ListenerThread(threading.Thread):
+    """Holds one connection in ``LISTEN``; calls ``wake`` for notifications about our queues."""
+
+    def __init__(self, using: str, queues: list[str], wake: Callable[[], None]) -> None:
+        super().__init__(name="taskqueue-listener", daemon=True)
+        self.using = using
+        self.queues = frozenset(queues)
+        self.wake = wake
+        self.stopped = threading.Event()
+        self.listening = threading.Event()
+
+    def run(self) -> None:
+        backoff = 0.1
+        try:
+            while not self.stopped.is_set():
+                try:
+                    self._listen()
+                    backoff = 0.1
+                except Exception as exc:
+                    self.listening.clear()
+                    logger.warning("lost the LISTEN connection (%s); polling until it is back", exc)
+                    connections[self.using].close()
+                    # Catch up on whatever was enqueued while we were deaf.
+                    self.wake()
+                    self.stopped.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            connections[self.using].close()
+
+    def _listen(self) -> None:
+        connection = connections[self.using]
+        connection.ensure_connection()
+        raw = connection.connection
+        raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self.listening.set()
+        self.wake()
+        while not self.stopped.is_set():
+            for notification in raw.notifies(timeout=0.5):
+                if notification.payload in self.queues:
+                    self.wake()
+
+    def stop(self) -> None:
+        self.stopped.set()

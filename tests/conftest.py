@@ -1,0 +1,98 @@
+"""Shared fixtures: real databases, real worker subprocesses, and polling with deadlines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if connection.vendor != "postgresql":
+        skip = pytest.mark.skip(reason="needs PostgreSQL (run with TASKQUEUE_TEST_DB=postgres)")
+        for item in items:
+            if "postgres_only" in item.keywords:
+                item.add_marker(skip)
+
+
+def wait_for(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)  # polling interval of the wait loop, not synchronisation
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for a worker subprocess that talks to this test run's database."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    env["TASKQUEUE_TEST_DB"] = "postgres" if connection.vendor == "postgresql" else "sqlite"
+    env["TASKQUEUE_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def worker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "django", "run_worker", *args]
+
+
+@pytest.fixture
+def run_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """Run ``manage.py run_worker`` to completion in a real subprocess (use with --burst)."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            worker_command(*args),
+            env=worker_env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        assert result.returncode == 0, f"worker exited {result.returncode}:\n{result.stderr}"
+        return result
+
+    yield run
+
+
+@pytest.fixture
+def start_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start long-running worker subprocesses; any left running are killed at teardown."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            worker_command(*args),
+            env=worker_env(),
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)

@@ -1,0 +1,95 @@
+"""Settings for the test suite: SQLite by default, PostgreSQL with TASKQUEUE_TEST_DB=postgres.
+
+Worker subprocesses started by the tests use these settings too; they find the test
+database through TASKQUEUE_TEST_DB_NAME, which the test fixtures set.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "taskqueue-tests-not-secret"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "taskqueue",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DB_KIND = os.environ.get("TASKQUEUE_TEST_DB", "sqlite")
+# Set for worker subprocesses: the test database the fixtures created.
+TEST_DB_NAME = os.environ.get("TASKQUEUE_TEST_DB_NAME")
+
+if DB_KIND == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": TEST_DB_NAME or os.environ.get("PGDATABASE", "taskqueue"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+        }
+    }
+elif DB_KIND == "sqlite":
+    # A file, not memory: worker subprocesses and threads must see the same database.
+    sqlite_dir = Path(os.environ.get("TASKQUEUE_TEST_SQLITE_DIR", tempfile.gettempdir()))
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": TEST_DB_NAME or str(sqlite_dir / "taskqueue-dev.sqlite3"),
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": str(sqlite_dir / f"taskqueue-test-{os.getpid()}.sqlite3")},
+        }
+    }
+else:
+    raise RuntimeError(f"TASKQUEUE_TEST_DB must be 'sqlite' or 'postgres', not {DB_KIND!r}")
+
+TASKQUEUE = {
+    "POLL_INTERVAL": 0.1,
+    "HEARTBEAT_INTERVAL": 1,
+    "STALE_AFTER": 5,
+    "SHUTDOWN_TIMEOUT": 10,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"taskqueue": {"handlers": ["console"], "level": "WARNING"}},
+}
