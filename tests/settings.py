@@ -60,6 +60,8 @@ if DB_KIND == "postgres":
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
+            # One test database per pytest process, so parallel runs never collide.
+            "TEST": {"NAME": f"test_taskqueue_{os.getpid()}"},
         }
     }
 elif DB_KIND == "sqlite":
