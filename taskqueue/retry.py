@@ -6,6 +6,7 @@ strategy it was enqueued with and a worker never imports anything a row names.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -27,7 +28,13 @@ class RetryStrategy:
 
 def _check_non_negative(**values: float | None) -> None:
     for name, value in values.items():
-        if value is not None and (not isinstance(value, int | float) or value < 0):
+        # NaN and infinity would reach timedelta() in the worker's retry path and crash it.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise InvalidTaskOption(f"retry {name} must be a non-negative number, got {value!r}")
 
 

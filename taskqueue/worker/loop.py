@@ -1,8 +1,9 @@
 """The claim loop: claim due tasks in batches, run them on a thread pool, record outcomes.
 
-The main thread owns the queue connection: it flushes finished outcomes (all successes in
-one statement) and claims the next batch in one transaction, then sleeps until a handler
-finishes, a NOTIFY arrives, or the poll interval passes.
+The main thread owns the queue connection. Each turn it writes the outcomes of finished
+tasks (all successes in one statement), claims the next batch (one statement), hands it to
+the pool, and sleeps until a batch's worth of tasks finished, a NOTIFY arrives, or the poll
+interval passes.
 """
 
 from __future__ import annotations
@@ -14,29 +15,34 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from django.db import close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 
 from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
-from taskqueue.context import TaskContext
-from taskqueue.events import Severity, emit
+from taskqueue.events import emit
 from taskqueue.sql import ClaimedTask, vendor
-from taskqueue.worker import presence
-from taskqueue.worker.executor import DEAD, RETRY, SUCCEEDED, AsyncRunner, Outcome, execute
+from taskqueue.worker import outcomes, presence
+from taskqueue.worker.executor import AsyncRunner, execute
 from taskqueue.worker.listener import ListenerThread
+from taskqueue.worker.outcomes import Finished
 
 logger = logging.getLogger("taskqueue.worker")
 
-# Tasks held per handler slot: one running plus one claimed ahead, so a slot never waits on
-# a database round trip between two tasks.
-PREFETCH_FACTOR = 2
-# While tasks are in hand, finished outcomes are flushed at least this often (seconds).
+# Prefetch adapts to how long tasks take: the worker holds about this many seconds of work
+# ahead per handler slot (at most MAX_AHEAD_PER_SLOT tasks). Fast tasks are then claimed
+# and completed in large batches, one statement each, while slow ones are never hoarded
+# away from idle workers.
+PREFETCH_HORIZON = 0.05
+MAX_AHEAD_PER_SLOT = 8
+DURATION_SMOOTHING = 0.1  # weight of the newest task in the running mean duration
+# While tasks are in hand, finished outcomes are written at least this often (seconds).
 FLUSH_INTERVAL = 0.05
 MAX_DB_BACKOFF = 5.0
 
@@ -56,7 +62,7 @@ class WorkerConfig:
 @dataclass
 class _InHand:
     task: ClaimedTask
-    future: Future[Any]
+    future: Future[None] | None = None
     started: threading.Event = field(default_factory=threading.Event)
 
 
@@ -66,28 +72,30 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.using = tq_settings.DATABASE
-        self.capacity = config.concurrency * PREFETCH_FACTOR
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="taskqueue-task")
         self.async_runner = AsyncRunner()
         self.rng = random.Random()
         self.wake_event = threading.Event()
         self.in_hand: dict[Any, _InHand] = {}
-        self.finished: deque[tuple[ClaimedTask, Outcome, TaskContext | None]] = deque()
+        self.finished: deque[Finished] = deque()
+        self.finished_lock = threading.Lock()
+        # Until tasks finish, assume they are just fast enough for one task ahead per slot.
+        self.mean_duration = PREFETCH_HORIZON
         self.claimed_total = 0
         self.processed = 0
         self.stopping = False
         self.force_stop = False
         self.signals_received = 0
-        self._lock = threading.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def run(self) -> int:
         """Work until stopped (signal, ``--burst`` drained, ``--max-tasks`` reached); exit code."""
         self._install_signal_handlers()
-        presence.register_worker(self.config.worker_id, self.config.queues, self.config.concurrency)
+        worker_id = self.config.worker_id
+        presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
         heartbeat = presence.HeartbeatThread(
-            self.config.worker_id, self.config.heartbeat_interval, lambda: self.processed
+            worker_id, self.config.heartbeat_interval, lambda: self.processed
         )
         heartbeat.start()
         listener = None
@@ -97,12 +105,12 @@ class Worker:
         emit(
             signals.worker_started,
             name="worker_started",
-            worker_id=self.config.worker_id,
-            message=f"worker {self.config.worker_id} started",
+            worker_id=worker_id,
+            message=f"worker {worker_id} started",
         )
         logger.info(
             "worker %s serving queues %s with concurrency %d",
-            self.config.worker_id,
+            worker_id,
             ",".join(self.config.queues),
             self.config.concurrency,
         )
@@ -127,16 +135,12 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals_received += 1
+        name = signal.Signals(signum).name
         if self.signals_received == 1:
-            logger.info(
-                "received %s: finishing running tasks, claiming no more",
-                signal.Signals(signum).name,
-            )
+            logger.info("received %s: finishing running tasks, claiming no more", name)
         else:
             self.force_stop = True
-            logger.info(
-                "received %s again: releasing running tasks now", signal.Signals(signum).name
-            )
+            logger.info("received %s again: releasing running tasks now", name)
         self.stopping = True
         self.wake()
 
@@ -146,7 +150,7 @@ class Worker:
         backoff = 0.1
         while not self.stopping:
             try:
-                claimed = self._flush_and_claim()
+                tried, claimed = self._flush_and_claim()
                 backoff = 0.1
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable (%s); retrying in %.1f s", exc, backoff)
@@ -155,41 +159,54 @@ class Worker:
                 self.wake_event.clear()
                 backoff = min(backoff * 2, MAX_DB_BACKOFF)
                 continue
-            if self.config.burst and not claimed and not self.in_hand and not self.finished:
+            queue_empty = tried and not claimed
+            if self.config.burst and queue_empty and not self.in_hand and not self.finished:
                 return
             if self._reached_max_tasks():
                 self.stopping = True
                 return
             self._wait(claimed_any=bool(claimed))
 
-    def _flush_and_claim(self) -> int:
+    def _flush_and_claim(self) -> tuple[bool, int]:
+        """Record finished outcomes, then claim more: (tried to claim, claimed)."""
+        self._flush_finished()
         free = self._free_slots()
-        outcomes = self._take_finished()
-        if not outcomes and free == 0:
-            return 0
-        with transaction.atomic(using=self.using):
-            self._record(outcomes)
-            claimed = store.claim_due_tasks(self.config.worker_id, self.config.queues, free)
-        self._after_record(outcomes)
+        if free == 0:
+            return False, 0
+        claimed = store.claim_due_tasks(self.config.worker_id, self.config.queues, free)
         self._dispatch(claimed)
+        # DEBUG=True logs every query on this long-lived connection: keep memory flat.
         connections[self.using].queries_log.clear()
-        return len(claimed)
+        return True, len(claimed)
+
+    @property
+    def capacity(self) -> int:
+        """Tasks to hold at once: one per slot plus the adaptive prefetch."""
+        ahead = int(PREFETCH_HORIZON / max(self.mean_duration, 1e-6))
+        return self.config.concurrency * (1 + min(MAX_AHEAD_PER_SLOT, ahead))
+
+    @property
+    def batch_threshold(self) -> int:
+        """Claim (and wake up to write outcomes) once this many tasks' room is free."""
+        return max(1, self.capacity // 4)
 
     def _free_slots(self) -> int:
+        """How many tasks to claim now (0: wait for a batch's worth of room)."""
         if self.stopping:
             return 0
-        free = self.capacity - len(self.in_hand)
+        held = len(self.in_hand)
+        free = self.capacity - held
         if self.config.max_tasks is not None:
             free = min(free, self.config.max_tasks - self.claimed_total)
-        # Claim in batches: wait until at least one slot's worth of the prefetch is free.
-        if self.in_hand and free < self.config.concurrency and free < self.capacity:
+        # Every thread busy: wait for a batch's worth of room rather than claim one by one.
+        if held >= self.config.concurrency and free < self.batch_threshold:
             return 0
         return max(free, 0)
 
     def _wait(self, claimed_any: bool) -> None:
         if claimed_any and self._free_slots() > 0:
             return  # more may be due right now: claim again without sleeping
-        timeout = FLUSH_INTERVAL if self.in_hand or self.finished else self.config.poll_interval
+        timeout = FLUSH_INTERVAL if self.in_hand else self.config.poll_interval
         self.wake_event.wait(timeout)
         self.wake_event.clear()
 
@@ -201,11 +218,12 @@ class Worker:
     def _dispatch(self, claimed: list[ClaimedTask]) -> None:
         self.claimed_total += len(claimed)
         for task in claimed:
-            entry = _InHand(task=task, future=Future())
-            entry.future = self.pool.submit(self._run_one, entry)
+            entry = _InHand(task=task)
             self.in_hand[task.id] = entry
+            entry.future = self.pool.submit(self._run_one, entry)
 
     def _run_one(self, entry: _InHand) -> None:
+        """Pool thread: run one task and queue its outcome for the main thread."""
         entry.started.set()
         task = entry.task
         store.emit_for(task, signals.task_started, name="started", worker_id=self.config.worker_id)
@@ -217,122 +235,45 @@ class Worker:
                 except DatabaseError:
                     logger.warning("could not save the progress of task %s", task.id)
         finally:
+            # As Django does after a request: drop broken or expired connections, and
+            # forget logged queries so DEBUG=True does not grow memory.
             close_old_connections()
             for conn in connections.all(initialized_only=True):
                 conn.queries_log.clear()
-        with self._lock:
-            self.finished.append((task, outcome, context))
-            done_waiting = len(self.finished)
-        # Wake the loop once a batch's worth is done, or at once when nothing else runs.
-        if done_waiting >= self.config.concurrency or done_waiting >= len(self.in_hand):
+        with self.finished_lock:
+            self.finished.append(Finished(task, outcome, context))
+            waiting = len(self.finished)
+        if waiting >= self.batch_threshold or waiting >= len(self.in_hand):
             self.wake()
 
-    def _take_finished(self) -> list[tuple[ClaimedTask, Outcome, TaskContext | None]]:
-        with self._lock:
+    def _take_finished(self) -> list[Finished]:
+        with self.finished_lock:
             taken = list(self.finished)
             self.finished.clear()
         return taken
 
-    def _record(self, outcomes: list[tuple[ClaimedTask, Outcome, TaskContext | None]]) -> None:
-        """Write outcomes: successes in one statement, failures one by one (rarer)."""
-        successes = [
-            (task, outcome.result) for task, outcome, _ in outcomes if outcome.kind == SUCCEEDED
-        ]
-        if successes:
-            store.complete_tasks(successes)
-        for task, outcome, _ in outcomes:
-            if outcome.kind == RETRY:
-                store.retry_later(
-                    task,
-                    worker_id=self.config.worker_id,
-                    delay=outcome.delay,
-                    error_type=outcome.error_type,
-                    error=outcome.error,
-                    traceback=outcome.traceback,
-                    outcome=outcome.attempt_outcome,
-                )
-            elif outcome.kind == DEAD:
-                store.dead_letter(
-                    task,
-                    worker_id=self.config.worker_id,
-                    error_type=outcome.error_type,
-                    error=outcome.error,
-                    traceback=outcome.traceback,
-                    outcome=outcome.attempt_outcome,
-                )
-
-    def _after_record(
-        self, outcomes: list[tuple[ClaimedTask, Outcome, TaskContext | None]]
-    ) -> None:
-        for task, outcome, _ in outcomes:
-            self.in_hand.pop(task.id, None)
-            self.processed += 1
-            self._announce(task, outcome)
-
-    def _announce(self, task: ClaimedTask, outcome: Outcome) -> None:
-        common = {"worker_id": self.config.worker_id, "duration": outcome.duration}
-        if outcome.kind == SUCCEEDED:
-            store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
+    def _flush_finished(self, retry: Callable[..., Any] | None = None) -> None:
+        finished = self._take_finished()
+        if not finished:
             return
-        failure = {
-            **common,
-            "error_type": outcome.error_type,
-            "message": outcome.error,
-            "traceback": outcome.traceback,
-        }
-        log_extra = {
-            "task_id": str(task.id),
-            "task_type": task.task_type,
-            "attempt": task.attempts,
-            "duration_ms": round(outcome.duration * 1000),
-        }
-        store.emit_for(
-            task, signals.task_failed, name="failed", severity=Severity.WARNING, **failure
-        )
-        if outcome.attempt_outcome == "timed_out":
-            store.emit_for(
-                task, signals.task_timed_out, name="timed_out", severity=Severity.WARNING, **failure
-            )
-        if outcome.kind == RETRY:
-            logger.info(
-                "task %s (%s) attempt %d failed: %s; retrying in %.1f s",
-                task.id,
-                task.task_type,
-                task.attempts,
-                outcome.error,
-                outcome.delay,
-                extra=log_extra,
-            )
-            store.emit_for(
-                task,
-                signals.task_retry_scheduled,
-                name="retry_scheduled",
-                severity=Severity.WARNING,
-                **failure,
-            )
+        if retry is None:
+            outcomes.record(finished, self.config.worker_id)
         else:
-            logger.error(
-                "task %s (%s) dead-lettered after attempt %d: %s",
-                task.id,
-                task.task_type,
-                task.attempts,
-                outcome.error,
-                extra=log_extra,
-            )
-            store.emit_for(
-                task,
-                signals.task_dead_lettered,
-                name="dead_lettered",
-                severity=Severity.ERROR,
-                **failure,
-            )
+            retry(outcomes.record, finished, self.config.worker_id)
+        for item in finished:
+            self.in_hand.pop(item.task.id, None)
+            self.processed += 1
+            self.mean_duration += DURATION_SMOOTHING * (item.outcome.duration - self.mean_duration)
+            outcomes.announce(item, self.config.worker_id)
 
     # --- stopping ------------------------------------------------------------------------
 
     def _drain(self) -> None:
         """Stop claiming; let running tasks finish up to the shutdown timeout; release the rest."""
         not_started = [
-            e.task for e in self.in_hand.values() if not e.started.is_set() and e.future.cancel()
+            entry.task
+            for entry in self.in_hand.values()
+            if entry.future is not None and not entry.started.is_set() and entry.future.cancel()
         ]
         if not_started:
             self._with_retries(store.release_tasks, not_started)
@@ -342,8 +283,8 @@ class Worker:
         while self.in_hand and not self.force_stop and time.monotonic() < deadline:
             self.wake_event.wait(min(FLUSH_INTERVAL, max(deadline - time.monotonic(), 0)))
             self.wake_event.clear()
-            self._flush_outcomes_only()
-        self._flush_outcomes_only()
+            self._flush_finished(retry=self._with_retries)
+        self._flush_finished(retry=self._with_retries)
         leftover = [entry.task for entry in self.in_hand.values()]
         if leftover:
             released = self._with_retries(store.release_tasks, leftover)
@@ -352,19 +293,7 @@ class Worker:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.async_runner.close()
 
-    def _flush_outcomes_only(self) -> None:
-        outcomes = self._take_finished()
-        if outcomes:
-            self._with_retries(self._record_atomically, outcomes)
-            self._after_record(outcomes)
-
-    def _record_atomically(
-        self, outcomes: list[tuple[ClaimedTask, Outcome, TaskContext | None]]
-    ) -> None:
-        with transaction.atomic(using=self.using):
-            self._record(outcomes)
-
-    def _with_retries(self, func: Any, *args: Any) -> Any:
+    def _with_retries(self, func: Callable[..., Any], *args: Any) -> Any:
         """Shutdown writes must land: retry through short database outages."""
         backoff = 0.1
         for _ in range(20):
@@ -373,7 +302,7 @@ class Worker:
             except (OperationalError, InterfaceError) as exc:
                 logger.warning("database unavailable during shutdown (%s); retrying", exc)
                 connections[self.using].close()
-                time.sleep(backoff)
+                time.sleep(backoff)  # backoff between retries; nothing to wait on here
                 backoff = min(backoff * 2, MAX_DB_BACKOFF)
         return func(*args)
 
@@ -392,6 +321,9 @@ class Worker:
         connections.close_all()
         # A handler thread stuck past the shutdown timeout cannot be killed; its task is
         # already released (its late write will be fenced off), so do not wait for it.
-        if any(t.name.startswith("taskqueue-task") and t.is_alive() for t in threading.enumerate()):
+        stuck = [
+            t for t in threading.enumerate() if t.name.startswith("taskqueue-task") and t.is_alive()
+        ]
+        if stuck:
             logging.shutdown()
             os._exit(0)

@@ -1,0 +1,109 @@
+"""Record what became of finished tasks, and announce it (signals and log lines)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from taskqueue import signals, store
+from taskqueue.context import TaskContext
+from taskqueue.events import Severity
+from taskqueue.models import AttemptOutcome
+from taskqueue.sql import ClaimedTask
+from taskqueue.worker.executor import DEAD, RETRY, SUCCEEDED, Outcome
+
+logger = logging.getLogger("taskqueue.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    task: ClaimedTask
+    outcome: Outcome
+    context: TaskContext | None
+
+
+def record(finished: list[Finished], worker_id: str) -> None:
+    """Write outcomes: every success in one statement, failures one by one (they are rarer)."""
+    successes = [(f.task, f.outcome.result) for f in finished if f.outcome.kind == SUCCEEDED]
+    if successes:
+        store.complete_tasks(successes)
+    for item in finished:
+        task, outcome = item.task, item.outcome
+        if outcome.kind == RETRY:
+            store.retry_later(
+                task,
+                worker_id=worker_id,
+                delay=outcome.delay,
+                error_type=outcome.error_type,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                outcome=outcome.attempt_outcome,
+            )
+        elif outcome.kind == DEAD:
+            store.dead_letter(
+                task,
+                worker_id=worker_id,
+                error_type=outcome.error_type,
+                error=outcome.error,
+                traceback=outcome.traceback,
+                outcome=outcome.attempt_outcome,
+            )
+
+
+def announce(item: Finished, worker_id: str) -> None:
+    """Send the lifecycle signals of one finished task and log failures with context."""
+    task, outcome = item.task, item.outcome
+    common = {"worker_id": worker_id, "duration": outcome.duration}
+    if outcome.kind == SUCCEEDED:
+        store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
+        return
+    failure = {
+        **common,
+        "error_type": outcome.error_type,
+        "message": outcome.error,
+        "traceback": outcome.traceback,
+    }
+    log_extra = {
+        "task_id": str(task.id),
+        "task_type": task.task_type,
+        "attempt": task.attempts,
+        "duration_ms": round(outcome.duration * 1000),
+    }
+    store.emit_for(task, signals.task_failed, name="failed", severity=Severity.WARNING, **failure)
+    if outcome.attempt_outcome == AttemptOutcome.TIMED_OUT:
+        store.emit_for(
+            task, signals.task_timed_out, name="timed_out", severity=Severity.WARNING, **failure
+        )
+    if outcome.kind == RETRY:
+        logger.info(
+            "task %s (%s) attempt %d failed: %s; retrying in %.1f s",
+            task.id,
+            task.task_type,
+            task.attempts,
+            outcome.error,
+            outcome.delay,
+            extra=log_extra,
+        )
+        store.emit_for(
+            task,
+            signals.task_retry_scheduled,
+            name="retry_scheduled",
+            severity=Severity.WARNING,
+            **failure,
+        )
+    else:
+        logger.error(
+            "task %s (%s) dead-lettered after attempt %d: %s",
+            task.id,
+            task.task_type,
+            task.attempts,
+            outcome.error,
+            extra=log_extra,
+        )
+        store.emit_for(
+            task,
+            signals.task_dead_lettered,
+            name="dead_lettered",
+            severity=Severity.ERROR,
+            **failure,
+        )
