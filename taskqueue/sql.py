@@ -60,19 +60,28 @@ def db_now(using: str) -> datetime:
     return _as_datetime(value)
 
 
-def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list[ClaimedTask]:
-    """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt."""
-    if limit <= 0 or not queues:
-        return []
+_CLAIM_RETURNING = (
+    "id",
+    "task_type",
+    "queue",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "retry",
+    "timeout",
+    "started_at",
+)
+
+
+def claim_statement(
+    using: str, worker_id: str, queues: list[str], limit: int, lease: uuid.UUID
+) -> tuple[str, list[Any]]:
+    """Return the claim statement and its parameters (also used to EXPLAIN it in tests)."""
     kind = vendor(using)
     table = Task._meta.db_table
-    lease = uuid.uuid4()
     now = _NOW[kind]
     placeholders = ", ".join(["%s"] * len(queues))
-    returning = (
-        "id, task_type, queue, payload, priority, attempts, max_attempts, retry, timeout, "
-        "started_at"
-    )
     # One statement: pick due ids in the partial index's order, skip rows another worker is
     # locking right now, and mark them ours. The attempt is counted here, at claim, so a
     # task that kills its worker still runs out of attempts.
@@ -81,23 +90,30 @@ def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list
         f"AND queue IN ({placeholders}) ORDER BY priority DESC, run_at, created_at LIMIT %s"
     )
     if kind == "postgresql":
+        returning = ", ".join(f"t.{column}" for column in _CLAIM_RETURNING)
         sql = (
             f"WITH due AS ({pick} FOR UPDATE SKIP LOCKED) "
             f"UPDATE {table} AS t SET status = '{_RUNNING}', attempts = t.attempts + 1, "
             f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
-            f"cancel_requested = false FROM due WHERE t.id = due.id "
-            f"RETURNING {', '.join('t.' + col.strip() for col in returning.split(','))}"
+            f"cancel_requested = false FROM due WHERE t.id = due.id RETURNING {returning}"
         )
-        params: list[Any] = [*queues, limit, worker_id, lease]
-    else:
-        # SQLite has one writer at a time: the UPDATE takes the write lock before its
-        # subquery reads, so two workers can never pick the same row.
-        sql = (
-            f"UPDATE {table} SET status = '{_RUNNING}', attempts = attempts + 1, "
-            f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
-            f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {returning}"
-        )
-        params = [worker_id, lease.hex, *queues, limit]
+        return sql, [*queues, limit, worker_id, lease]
+    # SQLite has one writer at a time: the UPDATE takes the write lock before its subquery
+    # reads, so two workers can never pick the same row.
+    sql = (
+        f"UPDATE {table} SET status = '{_RUNNING}', attempts = attempts + 1, "
+        f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
+        f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {', '.join(_CLAIM_RETURNING)}"
+    )
+    return sql, [worker_id, lease.hex, *queues, limit]
+
+
+def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list[ClaimedTask]:
+    """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt."""
+    if limit <= 0 or not queues:
+        return []
+    lease = uuid.uuid4()
+    sql, params = claim_statement(using, worker_id, queues, limit, lease)
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
