@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from taskqueue import signals, sql
 from taskqueue.conf import settings as tq_settings
-from taskqueue.events import Severity, emit
+from taskqueue.events import emit
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import (
     READY_STATES,
@@ -606,14 +606,20 @@ def emit_for(task: ClaimedTask, signal: Any, name: str, **fields: Any) -> None:
 
 __all__ = [
     "ClaimedTask",
-    "Severity",
+    "RequeueResult",
+    "build_task",
     "cancel",
+    "cancel_tasks",
     "claim_due_tasks",
     "complete_tasks",
     "dead_letter",
+    "delete_tasks",
     "enqueue",
     "enqueue_many",
+    "is_cancel_requested",
+    "mark_reviewed",
     "release_tasks",
     "requeue_dead",
     "retry_later",
+    "save_progress",
 ]

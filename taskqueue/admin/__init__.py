@@ -1,0 +1,8 @@
+"""The taskqueue admin: tasks, dead letters, task types and workers on ``admin.site``.
+
+``admin.autodiscover()`` imports this package; importing the modules registers them.
+"""
+
+from taskqueue.admin import dead_letters, task_types, tasks, workers
+
+__all__ = ["dead_letters", "task_types", "tasks", "workers"]

@@ -1,0 +1,45 @@
+"""What every taskqueue ModelAdmin shares: the queue's database and read-only defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from taskqueue.conf import settings as tq_settings
+
+
+class QueueModelAdmin(admin.ModelAdmin):
+    """Reads and writes the queue's own database alias (``TASKQUEUE["DATABASE"]``)."""
+
+    # Counting every row of a large task table on each page load is the slow part of a
+    # changelist; the filtered count is still shown.
+    show_full_result_count = False
+    list_per_page = 50
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).using(tq_settings.DATABASE)
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        # Only what the form changed: the read-only columns may have moved on since the page
+        # was loaded (a worker or another admin retried the task), and must not be rolled back.
+        update_fields = list(form.changed_data) if change else None
+        obj.save(using=tq_settings.DATABASE, update_fields=update_fields)
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        # Rows are created by enqueue and by workers, never by hand.
+        return False
+
+
+class ReadOnlyModelAdmin(QueueModelAdmin):
+    """Pages to look at, never to edit: no change form, no delete, no actions."""
+
+    actions = None
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
