@@ -198,7 +198,7 @@ def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options:
         existing = _save_idempotent(task, using)
         if existing is not None:
             return existing
-    _emit_enqueued(task)
+    transaction.on_commit(lambda: _emit_enqueued(task), using=using)
     return task
 
 
@@ -269,21 +269,22 @@ def enqueue_many(
                 else:
                     task = existing
             result.append(task)
-    for task in created:
-        _emit_enqueued(task)
+    transaction.on_commit(lambda: _emit_enqueued(*created), using=using)
     return result
 
 
-def _emit_enqueued(task: Task) -> None:
-    emit(
-        signals.task_enqueued,
-        name="enqueued",
-        task_id=task.id,
-        task_type=task.task_type,
-        queue=task.queue,
-        max_attempts=task.max_attempts,
-        message=f"enqueued {task.task_type}",
-    )
+def _emit_enqueued(*tasks: Task) -> None:
+    """Announce stored tasks; called on commit, so a rolled-back task is never announced."""
+    for task in tasks:
+        emit(
+            signals.task_enqueued,
+            name="enqueued",
+            task_id=task.id,
+            task_type=task.task_type,
+            queue=task.queue,
+            max_attempts=task.max_attempts,
+            message=f"enqueued {task.task_type}",
+        )
 
 
 # --- claim and outcomes (the worker) -------------------------------------------------------
@@ -355,7 +356,14 @@ def retry_later(
 ) -> bool:
     """Put a failed task back to wait ``delay`` seconds; False if the claim was lost."""
     using = database_alias()
-    run_at = ExpressionWrapper(Now() + timedelta(seconds=delay), output_field=DateTimeField())
+    # No arithmetic for "due now": on SQLite, Now() + interval is written with six decimals
+    # and the claim compares it as text with a three-decimal clock, which would keep a
+    # zero-delay retry from being due until the next millisecond.
+    run_at = (
+        Now()
+        if delay <= 0
+        else ExpressionWrapper(Now() + timedelta(seconds=delay), output_field=DateTimeField())
+    )
     with transaction.atomic(using=using):
         updated = _claimed(task, using).update(
             status=TaskStatus.RETRYING,

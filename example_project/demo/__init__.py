@@ -1,0 +1,1 @@
+"""Demo handlers, the index page and the ``demo_feed`` command."""
