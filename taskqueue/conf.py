@@ -6,6 +6,7 @@ works in tests. Unknown names raise ``AttributeError``; ``manage.py check`` vali
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -54,8 +55,8 @@ class TaskqueueSettings:
             raise AttributeError(f"Unknown taskqueue setting: {name!r}")
         configured = user_settings()
         if name not in configured:
-            default = DEFAULTS[name]
-            return dict(default) if isinstance(default, dict) else default
+            # A copy: a caller mutating the value must not change the defaults.
+            return copy.deepcopy(DEFAULTS[name])
         value = configured[name]
         if name in MERGED_DICTS and isinstance(value, dict):
             return {**DEFAULTS[name], **value}

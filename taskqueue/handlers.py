@@ -6,6 +6,8 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from taskqueue.registry import HandlerSpec, build_spec, registry
 
 if TYPE_CHECKING:
@@ -57,6 +59,11 @@ def handler(name: str | None = None, **options: Any) -> Callable[[Callable[..., 
         )
 
     def decorate(func: Callable[..., Any]) -> TaskHandler:
+        if name is None and "<locals>" in func.__qualname__:
+            raise ImproperlyConfigured(
+                f"{func.__qualname__} is defined inside a function, so it has no stable "
+                "default task type name: pass one, @taskqueue.handler('my-task', ...)"
+            )
         task_type = name or f"{func.__module__}.{func.__qualname__}"
         return register(task_type, func, **options)
 

@@ -130,7 +130,12 @@ class Task(models.Model):
                 condition=Q(status=TaskStatus.RUNNING),
             ),
             models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
-            models.Index(fields=["status", "completed_at"], name="taskqueue_task_finished_idx"),
+            # Partial, so the planner never mistakes it for a way to find ready rows.
+            models.Index(
+                fields=["status", "completed_at"],
+                name="taskqueue_task_finished_idx",
+                condition=Q(status__in=FINISHED_STATES),
+            ),
             models.Index(fields=["created_at"], name="taskqueue_task_created_idx"),
         ]
         constraints = [

@@ -23,7 +23,9 @@ _RUNNING = TaskStatus.RUNNING.value
 _COMPLETED = TaskStatus.COMPLETED.value
 _NOW = {
     "postgresql": "statement_timestamp()",
-    "sqlite": "strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now')",
+    # SQLite's clock has milliseconds; Django writes microseconds. Padding to six digits
+    # keeps text comparison with stored times exact within the same millisecond.
+    "sqlite": "(strftime('%%Y-%%m-%%d %%H:%%M:%%f', 'now') || '000')",
 }
 
 

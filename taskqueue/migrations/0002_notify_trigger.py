@@ -11,7 +11,10 @@ CREATE = """
 CREATE OR REPLACE FUNCTION taskqueue_notify_new_tasks() RETURNS trigger AS $$
 BEGIN
     PERFORM pg_notify('taskqueue', queue)
-    FROM (SELECT DISTINCT queue FROM taskqueue_new_tasks WHERE status = 'pending') AS ready;
+    FROM (
+        SELECT DISTINCT queue FROM taskqueue_new_tasks
+        WHERE status IN ('pending', 'scheduled', 'retrying') AND run_at <= statement_timestamp()
+    ) AS due;
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;

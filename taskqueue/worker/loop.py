@@ -162,9 +162,8 @@ class Worker:
             queue_empty = tried and not claimed
             if self.config.burst and queue_empty and not self.in_hand and not self.finished:
                 return
-            if self._reached_max_tasks():
-                self.stopping = True
-                return
+            if self._reached_max_tasks() and not self.in_hand and not self.finished:
+                return  # recycled: every task claimed within the budget has finished
             self._wait(claimed_any=bool(claimed))
 
     def _flush_and_claim(self) -> tuple[bool, int]:
