@@ -61,16 +61,28 @@ def _claimed(task: ClaimedTask, using: str):  # type: ignore[no-untyped-def]
     )
 
 
-def _record_attempt(
+def _fail_claimed(
     task: ClaimedTask,
     using: str,
     *,
+    what: str,
     worker_id: str,
     outcome: str,
     error_type: str,
     error: str,
     traceback: str,
-) -> None:
+    **fields: Any,
+) -> bool:
+    """Apply a failure to a task this claim still owns and log the attempt; False if lost.
+
+    Call inside a transaction: the state change and the attempt row commit together.
+    """
+    updated = _claimed(task, using).update(
+        last_error=error, claimed_by=None, updated_at=Now(), **fields
+    )
+    if not updated:
+        _log_lost_lease(task, what)
+        return False
     TaskAttempt.objects.using(using).create(
         task_id=task.id,
         number=task.attempts,
@@ -81,6 +93,7 @@ def _record_attempt(
         error=error,
         traceback=traceback,
     )
+    return True
 
 
 def retry_later(
@@ -95,35 +108,24 @@ def retry_later(
 ) -> bool:
     """Put a failed task back to wait ``delay`` seconds; False if the claim was lost."""
     using = database_alias()
-    # No arithmetic for "due now": on SQLite, Now() + interval is written with six decimals
-    # and the claim compares it as text with a three-decimal clock, which would keep a
-    # zero-delay retry from being due until the next millisecond.
     run_at = (
         Now()
         if delay <= 0
         else ExpressionWrapper(Now() + timedelta(seconds=delay), output_field=DateTimeField())
     )
     with transaction.atomic(using=using):
-        updated = _claimed(task, using).update(
-            status=TaskStatus.RETRYING,
-            run_at=run_at,
-            last_error=error,
-            claimed_by=None,
-            updated_at=Now(),
-        )
-        if not updated:
-            _log_lost_lease(task, "retry")
-            return False
-        _record_attempt(
+        return _fail_claimed(
             task,
             using,
+            what="retry",
             worker_id=worker_id,
             outcome=outcome,
             error_type=error_type,
             error=error,
             traceback=traceback,
+            status=TaskStatus.RETRYING,
+            run_at=run_at,
         )
-    return True
 
 
 def dead_letter(
@@ -138,25 +140,19 @@ def dead_letter(
     """Fail a task for good and file its dead letter; None if the claim was lost."""
     using = database_alias()
     with transaction.atomic(using=using):
-        updated = _claimed(task, using).update(
-            status=TaskStatus.FAILED,
-            last_error=error,
-            claimed_by=None,
-            completed_at=Now(),
-            updated_at=Now(),
-        )
-        if not updated:
-            _log_lost_lease(task, "dead letter")
-            return None
-        _record_attempt(
+        if not _fail_claimed(
             task,
             using,
+            what="dead letter",
             worker_id=worker_id,
             outcome=outcome,
             error_type=error_type,
             error=error,
             traceback=traceback,
-        )
+            status=TaskStatus.FAILED,
+            completed_at=Now(),
+        ):
+            return None
         history = [
             attempt.as_history_entry()
             for attempt in TaskAttempt.objects.using(using).filter(task_id=task.id)
