@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,32 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.Po
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=30)
+
+
+def finish_worker(process: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str, str]:
+    """Wait for a worker subprocess to exit; return its exit code, stdout and stderr."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=30)
+        raise AssertionError(f"worker did not exit within {timeout} s:\n{stderr}") from None
+    return process.returncode, stdout, stderr
+
+
+@contextmanager
+def worker_stderr_on_failure(*processes: subprocess.Popen[str]) -> Iterator[None]:
+    """On a failed assertion, stop the given workers and add their stderr to the message."""
+    try:
+        yield
+    except AssertionError as exc:
+        reports = []
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            try:
+                _, stderr = process.communicate(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired) as error:
+                stderr = f"(unavailable: {error})"
+            reports.append(f"--- stderr of worker {process.pid} ---\n{stderr}")
+        raise AssertionError("\n".join([str(exc), *reports])) from exc

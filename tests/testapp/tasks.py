@@ -84,3 +84,19 @@ def sleepy(seconds: float) -> None:
     import time
 
     time.sleep(seconds)  # the handler's own work, not test synchronisation
+
+
+@taskqueue.handler("linear_retry", max_attempts=3, retry=taskqueue.Linear(base=30, step=10))
+def linear_retry() -> None:
+    raise RuntimeError("still broken")
+
+
+@taskqueue.handler("marked_sleep", queue="slow")
+def marked_sleep(key: str, seconds: float) -> None:
+    """Leave a Counter row saying the handler has started, then sleep: tests poll for the row."""
+    import time
+
+    from tests.testapp.models import Counter
+
+    Counter.objects.create(key=key)
+    time.sleep(seconds)  # the handler's own work, not test synchronisation
