@@ -1,0 +1,1 @@
+"""Benchmarks of taskqueue: figures of merit, printed, never asserted (see docs/benchmarks.md)."""

@@ -1,0 +1,1 @@
+"""The benchmark's handlers, discovered by workers like any project's ``tasks.py``."""
