@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from taskqueue import store
 from taskqueue.admin import actions, display
-from taskqueue.admin.base import QueueModelAdmin
+from taskqueue.admin.base import StoreDeletesModelAdmin
 from taskqueue.models import DeadLetter
 
 # The summary above the list shows the largest groups; the filters reach the rest.
@@ -74,7 +74,7 @@ def error_groups(queryset: QuerySet[DeadLetter]) -> list[dict[str, Any]]:
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(QueueModelAdmin):
+class DeadLetterAdmin(StoreDeletesModelAdmin):
     list_display = (
         "id",
         "task_link",
@@ -126,11 +126,6 @@ class DeadLetterAdmin(QueueModelAdmin):
         if obj is not None:
             return False
         return super().has_delete_permission(request)
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        found = super().get_actions(request)
-        found.pop("delete_selected", None)
-        return found
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         store.delete_tasks(list(queryset.values_list("task_id", flat=True)))

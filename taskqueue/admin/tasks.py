@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from taskqueue import store
 from taskqueue.admin import actions, display
-from taskqueue.admin.base import QueueModelAdmin
+from taskqueue.admin.base import StoreDeletesModelAdmin
 from taskqueue.models import Task, TaskAttempt, TaskStatus
 from taskqueue.priorities import PRIORITIES
 
@@ -86,7 +86,7 @@ class TaskAttemptInline(admin.StackedInline):
 
 
 @admin.register(Task)
-class TaskAdmin(QueueModelAdmin):
+class TaskAdmin(StoreDeletesModelAdmin):
     list_display = (
         "id",
         "task_type",
@@ -163,12 +163,6 @@ class TaskAdmin(QueueModelAdmin):
         if obj is not None and obj.status == TaskStatus.RUNNING:
             return False
         return super().has_delete_permission(request, obj)
-
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        found = super().get_actions(request)
-        # Django's bulk delete would bypass the store (and delete running tasks).
-        found.pop("delete_selected", None)
-        return found
 
     def delete_model(self, request: HttpRequest, obj: Task) -> None:
         store.delete_tasks([obj.pk])
