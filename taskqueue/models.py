@@ -301,6 +301,7 @@ class WorkerStatus(models.TextChoices):
     RUNNING = "running", _("Running")
     STOPPING = "stopping", _("Stopping")
     STOPPED = "stopped", _("Stopped")
+    LOST = "lost", _("Lost (stopped heartbeating)")
 
 
 class Worker(models.Model):

@@ -89,7 +89,8 @@ else:
 TASKQUEUE = {
     "POLL_INTERVAL": 0.1,
     "HEARTBEAT_INTERVAL": 1,
-    "STALE_AFTER": 5,
+    "STALE_AFTER": 3,
+    "RESCUE_INTERVAL": 0.5,
     "SHUTDOWN_TIMEOUT": 10,
 }
 

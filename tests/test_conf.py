@@ -37,10 +37,11 @@ def test_defaults_match_the_documented_contract() -> None:
 
 
 def test_test_settings_are_read() -> None:
-    # tests/settings.py sets these four; everything else is a default.
+    # tests/settings.py sets these five; everything else is a default.
     assert tq_settings.POLL_INTERVAL == 0.1
     assert tq_settings.HEARTBEAT_INTERVAL == 1
-    assert tq_settings.STALE_AFTER == 5
+    assert tq_settings.STALE_AFTER == 3
+    assert tq_settings.RESCUE_INTERVAL == 0.5
     assert tq_settings.SHUTDOWN_TIMEOUT == 10
     assert tq_settings.CONCURRENCY == 4
 

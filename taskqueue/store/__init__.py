@@ -9,6 +9,7 @@ owns the task now, and the write is dropped and logged.
 from taskqueue.sql import ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
+from taskqueue.store.rescue import RescueResult, rescue_stale_tasks
 from taskqueue.store.running import (
     claim_due_tasks,
     complete_tasks,
@@ -31,6 +32,7 @@ from taskqueue.store.triage import (
 __all__ = [
     "ClaimedTask",
     "RequeueResult",
+    "RescueResult",
     "build_task",
     "cancel",
     "cancel_tasks",
@@ -46,6 +48,7 @@ __all__ = [
     "mark_reviewed",
     "release_tasks",
     "requeue_dead",
+    "rescue_stale_tasks",
     "retry_later",
     "save_progress",
 ]

@@ -29,6 +29,7 @@ from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
+from taskqueue.worker.duties import Duty, DutyThread
 from taskqueue.worker.executor import AsyncRunner, execute
 from taskqueue.worker.listener import ListenerThread
 from taskqueue.worker.outcomes import Finished
@@ -55,6 +56,8 @@ class WorkerConfig:
     poll_interval: float
     shutdown_timeout: float
     heartbeat_interval: float
+    rescue_interval: float = 15.0
+    stale_after: float = 60.0
     burst: bool = False
     max_tasks: int | None = None
 
@@ -94,10 +97,19 @@ class Worker:
         self._install_signal_handlers()
         worker_id = self.config.worker_id
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
-        heartbeat = presence.HeartbeatThread(
-            worker_id, self.config.heartbeat_interval, lambda: self.processed
+        duties = DutyThread(
+            self.using,
+            [
+                Duty(
+                    "heartbeat",
+                    self.config.heartbeat_interval,
+                    lambda: presence.heartbeat(worker_id, self.processed),
+                ),
+                Duty("rescue", self.config.rescue_interval, self._rescue),
+            ],
+            self.rng,
         )
-        heartbeat.start()
+        duties.start()
         listener = None
         if vendor(self.using) == "postgresql" and not self.config.burst:
             listener = ListenerThread(self.using, self.config.queues, self.wake)
@@ -118,11 +130,18 @@ class Worker:
             self._loop()
             self._drain()
         finally:
-            heartbeat.stop()
+            duties.stop()
             if listener is not None:
                 listener.stop()
             self._say_goodbye()
         return 0
+
+    def _rescue(self) -> None:
+        rescued = store.rescue_stale_tasks(
+            self.config.stale_after, self.config.worker_id, random.Random()
+        )
+        if rescued.retried:
+            self.wake()  # some may be due at once: claim them
 
     def wake(self) -> None:
         self.wake_event.set()
@@ -251,15 +270,22 @@ class Worker:
             self.finished.clear()
         return taken
 
-    def _flush_finished(self, retry: Callable[..., Any] | None = None) -> None:
-        finished = self._take_finished()
-        if not finished:
+    def _flush_finished(self) -> None:
+        """Write finished outcomes; on a database error keep the unwritten ones for later."""
+        pending = self._take_finished()
+        if not pending:
             return
-        if retry is None:
-            outcomes.record(finished, self.config.worker_id)
-        else:
-            retry(outcomes.record, finished, self.config.worker_id)
-        for item in finished:
+        written: list[Finished] = []
+        try:
+            outcomes.record(pending, written, self.config.worker_id)
+        finally:
+            if pending:
+                with self.finished_lock:
+                    self.finished.extendleft(reversed(pending))
+            self._forget_written(written)
+
+    def _forget_written(self, written: list[Finished]) -> None:
+        for item in written:
             self.in_hand.pop(item.task.id, None)
             self.processed += 1
             self.mean_duration += DURATION_SMOOTHING * (item.outcome.duration - self.mean_duration)
@@ -282,8 +308,8 @@ class Worker:
         while self.in_hand and not self.force_stop and time.monotonic() < deadline:
             self.wake_event.wait(min(FLUSH_INTERVAL, max(deadline - time.monotonic(), 0)))
             self.wake_event.clear()
-            self._flush_finished(retry=self._with_retries)
-        self._flush_finished(retry=self._with_retries)
+            self._with_retries(self._flush_finished)
+        self._with_retries(self._flush_finished)
         leftover = [entry.task for entry in self.in_hand.values()]
         if leftover:
             released = self._with_retries(store.release_tasks, leftover)

@@ -22,32 +22,32 @@ class Finished:
     context: TaskContext | None
 
 
-def record(finished: list[Finished], worker_id: str) -> None:
-    """Write outcomes: every success in one statement, failures one by one (they are rarer)."""
-    successes = [(f.task, f.outcome.result) for f in finished if f.outcome.kind == SUCCEEDED]
+def record(pending: list[Finished], written: list[Finished], worker_id: str) -> None:
+    """Write outcomes: every success in one statement, failures one by one (they are rarer).
+
+    Each outcome moves from ``pending`` to ``written`` once its write has committed, so when
+    the database fails midway the caller knows exactly which ones must be written again.
+    """
+    successes = [item for item in pending if item.outcome.kind == SUCCEEDED]
     if successes:
-        store.complete_tasks(successes)
-    for item in finished:
+        store.complete_tasks([(item.task, item.outcome.result) for item in successes])
+        written += successes
+        pending[:] = [item for item in pending if item.outcome.kind != SUCCEEDED]
+    while pending:
+        item = pending[0]
         task, outcome = item.task, item.outcome
+        failure = {
+            "worker_id": worker_id,
+            "error_type": outcome.error_type,
+            "error": outcome.error,
+            "traceback": outcome.traceback,
+            "outcome": outcome.attempt_outcome,
+        }
         if outcome.kind == RETRY:
-            store.retry_later(
-                task,
-                worker_id=worker_id,
-                delay=outcome.delay,
-                error_type=outcome.error_type,
-                error=outcome.error,
-                traceback=outcome.traceback,
-                outcome=outcome.attempt_outcome,
-            )
+            store.retry_later(task, delay=outcome.delay, **failure)
         elif outcome.kind == DEAD:
-            store.dead_letter(
-                task,
-                worker_id=worker_id,
-                error_type=outcome.error_type,
-                error=outcome.error,
-                traceback=outcome.traceback,
-                outcome=outcome.attempt_outcome,
-            )
+            store.dead_letter(task, **failure)
+        written.append(pending.pop(0))
 
 
 def announce(item: Finished, worker_id: str) -> None:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import uuid
 from datetime import timedelta
 
-from django.db import connections
 from django.db.models.functions import Now
 
 from taskqueue.conf import settings as tq_settings
@@ -89,6 +87,14 @@ def heartbeat(worker_id: str, tasks_processed: int) -> None:
     Worker.objects.using(using).filter(id=worker_id).update(
         last_heartbeat=Now(), tasks_processed=tasks_processed
     )
+    # Frozen past STALE_AFTER and taken for dead, then resumed: live again. Its tasks were
+    # rescued meanwhile, and its late writes about them are fenced off by their leases.
+    if (
+        Worker.objects.using(using)
+        .filter(id=worker_id, status=WorkerStatus.LOST)
+        .update(status=WorkerStatus.RUNNING)
+    ):
+        logger.warning("worker %s was presumed dead and is heartbeating again", worker_id)
     TaskType.objects.using(using).filter(name__in=registry.names()).update(
         is_active=True, last_seen_at=Now()
     )
@@ -117,29 +123,3 @@ def live_workers(using: str):  # type: ignore[no-untyped-def]
     return Worker.objects.using(using).filter(
         status=WorkerStatus.RUNNING, last_heartbeat__gte=fresh_since
     )
-
-
-class HeartbeatThread(threading.Thread):
-    """Heartbeat every ``interval`` seconds until stopped; a failed beat is logged and retried."""
-
-    def __init__(self, worker_id: str, interval: float, processed: callable) -> None:  # type: ignore[valid-type]
-        super().__init__(name="taskqueue-heartbeat", daemon=True)
-        self.worker_id = worker_id
-        self.interval = interval
-        self.processed = processed
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        using = tq_settings.DATABASE
-        try:
-            while not self.stopped.wait(self.interval):
-                try:
-                    heartbeat(self.worker_id, self.processed())
-                except Exception:
-                    logger.warning("heartbeat failed; retrying", exc_info=True)
-                    connections[using].close()
-        finally:
-            connections.close_all()
-
-    def stop(self) -> None:
-        self.stopped.set()

@@ -100,3 +100,24 @@ def marked_sleep(key: str, seconds: float) -> None:
 
     Counter.objects.create(key=key)
     time.sleep(seconds)  # the handler's own work, not test synchronisation
+
+
+@taskqueue.handler("slow_first_attempt", queue="slow", takes_context=True, max_attempts=3)
+def slow_first_attempt(ctx: taskqueue.TaskContext, key: str, seconds: float) -> dict:
+    """Attempt 1 marks its start and works for ``seconds``; later attempts return at once."""
+    import time
+
+    from tests.testapp.models import Counter
+
+    if ctx.attempt == 1:
+        Counter.objects.create(key=key)
+        time.sleep(seconds)  # the handler's own work, not test synchronisation
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@taskqueue.handler("crash_worker", priority="critical", max_attempts=2)
+def crash_worker() -> None:
+    """Kill the worker process running this task, as a segfaulting C extension would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

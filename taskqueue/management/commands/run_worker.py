@@ -88,6 +88,8 @@ class Command(BaseCommand):
                 else float(tq_settings.SHUTDOWN_TIMEOUT)
             ),
             heartbeat_interval=float(tq_settings.HEARTBEAT_INTERVAL),
+            rescue_interval=float(tq_settings.RESCUE_INTERVAL),
+            stale_after=float(tq_settings.STALE_AFTER),
             burst=options["burst"],
             max_tasks=options["max_tasks"],
         )

@@ -1,0 +1,125 @@
+"""Rescue: take back tasks held by workers that stopped heartbeating.
+
+Any live worker runs this every ``RESCUE_INTERVAL`` seconds; running it on every worker at
+once is safe. A task held by a worker silent for ``STALE_AFTER`` seconds goes back to the
+queue, or is dead-lettered when its attempts are spent (the attempt was counted at claim,
+so a task that kills its worker every time still ends). The state change goes through the
+lease-fenced verbs, so a frozen worker that wakes up cannot overwrite its successor.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+from uuid import UUID
+
+from django.db import connections, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
+from taskqueue.retry import next_delay, strategy_from_dict
+from taskqueue.sql import ClaimedTask
+from taskqueue.store.common import database_alias
+from taskqueue.store.running import dead_letter, retry_later
+
+logger = logging.getLogger("taskqueue.store.rescue")
+
+LIVE_STATES = (WorkerStatus.RUNNING, WorkerStatus.STOPPING)
+RESCUE_BATCH = 500
+WORKER_LOST = "WorkerLost"
+
+
+@dataclass
+class RescueResult:
+    retried: list[UUID] = field(default_factory=list)
+    dead_lettered: list[UUID] = field(default_factory=list)
+    lost_workers: list[str] = field(default_factory=list)
+
+
+def rescue_stale_tasks(stale_after: float, rescuer: str, rng: random.Random) -> RescueResult:
+    """Put back or dead-letter the running tasks of workers silent for ``stale_after`` s."""
+    using = database_alias()
+    fresh_since = Now() - timedelta(seconds=stale_after)
+    result = RescueResult()
+    result.lost_workers = _mark_lost_workers(using, fresh_since)
+    live = Worker.objects.using(using).filter(
+        status__in=LIVE_STATES, last_heartbeat__gte=fresh_since
+    )
+    orphaned = (
+        Task.objects.using(using)
+        .filter(status=TaskStatus.RUNNING)
+        .exclude(Q(claimed_by__in=live.values("id")))
+        .order_by("started_at")
+    )
+    skip_locked = connections[using].features.has_select_for_update_skip_locked
+    with transaction.atomic(using=using):
+        # Several rescuers at once: each takes rows no other is handling right now.
+        rows = list(
+            orphaned.select_for_update(skip_locked=skip_locked)[:RESCUE_BATCH].values(
+                "id",
+                "task_type",
+                "queue",
+                "payload",
+                "priority",
+                "attempts",
+                "max_attempts",
+                "retry",
+                "timeout",
+                "lease_id",
+                "started_at",
+                "claimed_by",
+            )
+        )
+        for row in rows:
+            _rescue_one(row, rescuer, rng, result)
+    return result
+
+
+def _mark_lost_workers(using: str, fresh_since: Now) -> list[str]:
+    stale = Worker.objects.using(using).filter(
+        status__in=LIVE_STATES, last_heartbeat__lt=fresh_since
+    )
+    lost = list(stale.values_list("id", flat=True))
+    if lost:
+        stale.filter(id__in=lost).update(status=WorkerStatus.LOST)
+        logger.warning("workers stopped heartbeating and are presumed dead: %s", ", ".join(lost))
+    return lost
+
+
+def _rescue_one(row: dict, rescuer: str, rng: random.Random, result: RescueResult) -> None:
+    holder = row.pop("claimed_by") or "an unknown worker"
+    if row["lease_id"] is None:
+        return  # not claimed through the claim statement; nothing to fence on
+    task = ClaimedTask(**row)
+    error = (
+        f"worker {holder} stopped heartbeating while running attempt {task.attempts} of "
+        f"{task.max_attempts}; rescued by {rescuer}"
+    )
+    failure = {
+        "worker_id": holder,
+        "error_type": WORKER_LOST,
+        "error": error,
+        "outcome": AttemptOutcome.WORKER_LOST,
+    }
+    if task.attempts >= task.max_attempts:
+        if dead_letter(task, **failure) is not None:
+            result.dead_lettered.append(task.id)
+            logger.error(
+                "dead-lettered task %s: %s",
+                task.id,
+                error,
+                extra={"task_id": str(task.id), "task_type": task.task_type},
+            )
+        return
+    delay = next_delay(task.attempts, strategy_from_dict(task.retry), rng)
+    if retry_later(task, delay=delay, **failure):
+        result.retried.append(task.id)
+        logger.warning(
+            "rescued task %s: %s",
+            task.id,
+            error,
+            extra={"task_id": str(task.id), "task_type": task.task_type},
+        )
