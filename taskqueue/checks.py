@@ -108,6 +108,14 @@ def check_settings(
                 hint=QUEUE_HINT,
             )
         )
+    pool = raw.get("POOL", DEFAULTS["POOL"])
+    if pool not in ("processes", "threads"):
+        messages.append(
+            _error(
+                f"TASKQUEUE['POOL'] must be 'processes' or 'threads', got {pool!r}.",
+                "taskqueue.E002",
+            )
+        )
     for name in ("CONCURRENCY", "MAX_ATTEMPTS", "MAX_PAYLOAD_BYTES"):
         if name in raw:
             messages += _positive(name, raw[name], integer=True)

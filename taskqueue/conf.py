@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE": "default",
     "QUEUES": ["default"],
     "CONCURRENCY": 4,
+    "POOL": "processes",
     "POLL_INTERVAL": 1.0,
     "HEARTBEAT_INTERVAL": 10,
     "STALE_AFTER": 60,

@@ -87,6 +87,8 @@ else:
     raise RuntimeError(f"TASKQUEUE_TEST_DB must be 'sqlite' or 'postgres', not {DB_KIND!r}")
 
 TASKQUEUE = {
+    # Two handler slots: every worker in the tests starts two child processes.
+    "CONCURRENCY": 2,
     "POLL_INTERVAL": 0.1,
     "HEARTBEAT_INTERVAL": 1,
     "STALE_AFTER": 3,

@@ -21,6 +21,7 @@ def test_defaults_match_the_documented_contract() -> None:
         "DATABASE": "default",
         "QUEUES": ["default"],
         "CONCURRENCY": 4,
+        "POOL": "processes",
         "POLL_INTERVAL": 1.0,
         "HEARTBEAT_INTERVAL": 10,
         "STALE_AFTER": 60,
@@ -37,13 +38,13 @@ def test_defaults_match_the_documented_contract() -> None:
 
 
 def test_test_settings_are_read() -> None:
-    # tests/settings.py sets these five; everything else is a default.
+    # tests/settings.py sets these six; everything else is a default.
     assert tq_settings.POLL_INTERVAL == 0.1
     assert tq_settings.HEARTBEAT_INTERVAL == 1
     assert tq_settings.STALE_AFTER == 3
     assert tq_settings.RESCUE_INTERVAL == 0.5
     assert tq_settings.SHUTDOWN_TIMEOUT == 10
-    assert tq_settings.CONCURRENCY == 4
+    assert tq_settings.CONCURRENCY == 2
 
 
 def test_override_settings_takes_effect_without_reload() -> None:

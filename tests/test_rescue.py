@@ -31,6 +31,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 RESCUE_DEADLINE = 20.0
 
 
+def _worker_pid(task: Task) -> int:
+    """The pid of the worker that holds or completed ``task`` (claimed_by is host:pid:x)."""
+    task.refresh_from_db()
+    return int(task.claimed_by.split(":")[1])
+
+
 def _status(task: Task) -> str:
     task.refresh_from_db()
     return task.status
@@ -51,7 +57,8 @@ def test_killed_workers_task_is_rescued_and_run_by_another(start_worker) -> None
             message="the rescued task to complete",
         )
     assert task.attempts == 2
-    assert task.result == {"pid": rescuer.pid, "attempt": 2}
+    assert task.result["attempt"] == 2
+    assert _worker_pid(task) == rescuer.pid
     (lost,) = TaskAttempt.objects.filter(task=task)
     assert lost.outcome == AttemptOutcome.WORKER_LOST
     assert lost.error_type == "WorkerLost"
@@ -59,7 +66,18 @@ def test_killed_workers_task_is_rescued_and_run_by_another(start_worker) -> None
     assert Worker.objects.get(pid=doomed.pid).status == WorkerStatus.LOST
 
 
-def test_crash_poison_task_ends_dead_lettered_and_others_finish(start_worker) -> None:
+@pytest.mark.parametrize(
+    ("pool", "worker_crashes", "error_type"),
+    [
+        # In a thread the handler takes its whole worker down: rescue finds the task.
+        ("threads", 2, "WorkerLost"),
+        # In a child process only the child dies: the worker records the crash itself.
+        ("processes", 0, "WorkerCrashed"),
+    ],
+)
+def test_crash_poison_task_ends_dead_lettered_and_others_finish(
+    start_worker, pool: str, worker_crashes: int, error_type: str
+) -> None:
     poison = taskqueue.enqueue("crash_worker")
     others = taskqueue.enqueue_many([("add", {"a": n, "b": 1}) for n in range(20)])
     deadline = time.monotonic() + 60
@@ -69,7 +87,7 @@ def test_crash_poison_task_ends_dead_lettered_and_others_finish(start_worker) ->
         or Task.objects.filter(task_type="add").exclude(status=TaskStatus.COMPLETED).exists()
     ):
         assert time.monotonic() < deadline, f"not settled after {crashed} crashes"
-        worker = start_worker("--concurrency", "1")
+        worker = start_worker("--concurrency", "1", "--pool", pool)
         # A worker either crashes on the poison task or runs until everything has settled.
         with worker_stderr_on_failure(worker):
             wait_for(
@@ -91,11 +109,11 @@ def test_crash_poison_task_ends_dead_lettered_and_others_finish(start_worker) ->
         else:
             worker.send_signal(signal.SIGTERM)
             assert finish_worker(worker)[0] == 0
-    assert crashed == 2  # max_attempts=2: one crash per attempt, then dead-lettered
+    assert crashed == worker_crashes  # max_attempts=2: one crash per attempt, then dead
     poison.refresh_from_db()
     assert poison.attempts == 2
     dead = DeadLetter.objects.get(task=poison)
-    assert dead.error_type == "WorkerLost"
+    assert dead.error_type == error_type
     assert [entry["outcome"] for entry in dead.attempts_history] == ["worker_lost"] * 2
     assert {task.id for task in others} == set(
         Task.objects.filter(task_type="add", status=TaskStatus.COMPLETED).values_list(
@@ -120,7 +138,9 @@ def test_frozen_worker_cannot_overwrite_its_successor(start_worker) -> None:
             )
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
-    assert task.result == {"pid": successor.pid, "attempt": 2}
+    successor_result = task.result
+    assert successor_result["attempt"] == 2
+    assert _worker_pid(task) == successor.pid
     # Let the resumed worker finish its stale attempt (its drain waits for it), then check
     # that its late completion was dropped, not written over the successor's.
     frozen.send_signal(signal.SIGTERM)
@@ -128,7 +148,8 @@ def test_frozen_worker_cannot_overwrite_its_successor(start_worker) -> None:
     assert code == 0, stderr
     assert "dropped the completion" in stderr
     task.refresh_from_db()
-    assert task.result == {"pid": successor.pid, "attempt": 2}
+    assert task.result == successor_result
+    assert _worker_pid(task) == successor.pid
     assert task.attempts == 2
     successor.send_signal(signal.SIGTERM)
     assert finish_worker(successor)[0] == 0

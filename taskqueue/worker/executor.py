@@ -169,13 +169,38 @@ def _failure(
     requested_delay: float | None = None,
     timed_out: bool = False,
 ) -> Outcome:
-    strategy = strategy_from_dict(task.retry)
     error = str(exc) or type(exc).__name__
-    attempt_outcome = AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED
-    exhausted = task.attempts >= task.max_attempts or isinstance(strategy, NoRetry)
-    if exhausted:
-        if isinstance(exc, Retry):
-            error = f"{error} (no attempts left: {task.attempts} of {task.max_attempts} used)"
+    if isinstance(exc, Retry) and task.attempts >= task.max_attempts:
+        error = f"{error} (no attempts left: {task.attempts} of {task.max_attempts} used)"
+    return failed_attempt(
+        task,
+        rng,
+        duration=time.monotonic() - started,
+        error_type="TimeoutError" if timed_out else _error_type(exc),
+        error=error,
+        traceback=_traceback(exc),
+        attempt_outcome=AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED,
+        requested_delay=requested_delay,
+    )
+
+
+def failed_attempt(
+    task: ClaimedTask,
+    rng: random.Random,
+    *,
+    duration: float,
+    error_type: str,
+    error: str,
+    traceback: str = "",
+    attempt_outcome: str = AttemptOutcome.FAILED,
+    requested_delay: float | None = None,
+) -> Outcome:
+    """Classify a failed attempt: retry after the strategy's delay, or dead when spent.
+
+    Also used for failures seen from outside the handler: a timeout kill, a crashed child.
+    """
+    strategy = strategy_from_dict(task.retry)
+    if task.attempts >= task.max_attempts or isinstance(strategy, NoRetry):
         kind, delay = DEAD, 0.0
     else:
         kind = RETRY
@@ -186,11 +211,11 @@ def _failure(
         )
     return Outcome(
         kind,
-        time.monotonic() - started,
+        duration,
         delay=delay,
-        error_type="TimeoutError" if timed_out else _error_type(exc),
+        error_type=error_type,
         error=error,
-        traceback=_traceback(exc),
+        traceback=traceback,
         attempt_outcome=attempt_outcome,
     )
 

@@ -1,4 +1,4 @@
-"""The claim loop: claim due tasks in batches, run them on a thread pool, record outcomes.
+"""The claim loop: claim due tasks in batches, hand them to a pool, record outcomes.
 
 The main thread owns the queue connection. Each turn it writes the outcomes of finished
 tasks (all successes in one statement), claims the next batch (one statement), hands it to
@@ -16,12 +16,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.db.utils import DatabaseError, InterfaceError, OperationalError
 
 from taskqueue import signals, store
@@ -30,9 +29,10 @@ from taskqueue.events import emit
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
 from taskqueue.worker.duties import Duty, DutyThread
-from taskqueue.worker.executor import AsyncRunner, execute
 from taskqueue.worker.listener import ListenerThread
 from taskqueue.worker.outcomes import Finished
+from taskqueue.worker.pools import HandlerPool, ThreadPool
+from taskqueue.worker.processes import ProcessPool
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -46,6 +46,7 @@ DURATION_SMOOTHING = 0.1  # weight of the newest task in the running mean durati
 # While tasks are in hand, finished outcomes are written at least this often (seconds).
 FLUSH_INTERVAL = 0.05
 MAX_DB_BACKOFF = 5.0
+POOLS = ("processes", "threads")
 
 
 @dataclass
@@ -60,13 +61,7 @@ class WorkerConfig:
     stale_after: float = 60.0
     burst: bool = False
     max_tasks: int | None = None
-
-
-@dataclass
-class _InHand:
-    task: ClaimedTask
-    future: Future[None] | None = None
-    started: threading.Event = field(default_factory=threading.Event)
+    pool: str = "processes"
 
 
 class Worker:
@@ -75,11 +70,11 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.using = tq_settings.DATABASE
-        self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="taskqueue-task")
-        self.async_runner = AsyncRunner()
+        pool_class = ProcessPool if config.pool == "processes" else ThreadPool
+        self.pool: HandlerPool = pool_class(config.concurrency, config.worker_id, self._finished)
         self.rng = random.Random()
         self.wake_event = threading.Event()
-        self.in_hand: dict[Any, _InHand] = {}
+        self.in_hand: dict[Any, ClaimedTask] = {}
         self.finished: deque[Finished] = deque()
         self.finished_lock = threading.Lock()
         # Until tasks finish, assume they are just fast enough for one task ahead per slot.
@@ -89,6 +84,7 @@ class Worker:
         self.stopping = False
         self.force_stop = False
         self.signals_received = 0
+        self.stranded_handlers = False  # handler threads still running that cannot be stopped
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -109,6 +105,7 @@ class Worker:
             ],
             self.rng,
         )
+        self.pool.start()
         duties.start()
         listener = None
         if vendor(self.using) == "postgresql" and not self.config.burst:
@@ -236,31 +233,15 @@ class Worker:
     def _dispatch(self, claimed: list[ClaimedTask]) -> None:
         self.claimed_total += len(claimed)
         for task in claimed:
-            entry = _InHand(task=task)
-            self.in_hand[task.id] = entry
-            entry.future = self.pool.submit(self._run_one, entry)
+            self.in_hand[task.id] = task
+            self.pool.submit(task)
 
-    def _run_one(self, entry: _InHand) -> None:
-        """Pool thread: run one task and queue its outcome for the main thread."""
-        entry.started.set()
-        task = entry.task
-        store.emit_for(task, signals.task_started, name="started", worker_id=self.config.worker_id)
-        try:
-            outcome, context = execute(task, self.config.worker_id, self.async_runner, self.rng)
-            if context is not None:
-                try:
-                    context.flush_progress()
-                except DatabaseError:
-                    logger.warning("could not save the progress of task %s", task.id)
-        finally:
-            # As Django does after a request: drop broken or expired connections, and
-            # forget logged queries so DEBUG=True does not grow memory.
-            close_old_connections()
-            for conn in connections.all(initialized_only=True):
-                conn.queries_log.clear()
+    def _finished(self, finished: Finished) -> None:
+        """Pool callback (any thread): queue an outcome for the main thread to write."""
         with self.finished_lock:
-            self.finished.append(Finished(task, outcome, context))
+            self.finished.append(finished)
             waiting = len(self.finished)
+        # Wake the loop once a batch's worth is done, or at once when nothing else runs.
         if waiting >= self.batch_threshold or waiting >= len(self.in_hand):
             self.wake()
 
@@ -295,11 +276,7 @@ class Worker:
 
     def _drain(self) -> None:
         """Stop claiming; let running tasks finish up to the shutdown timeout; release the rest."""
-        not_started = [
-            entry.task
-            for entry in self.in_hand.values()
-            if entry.future is not None and not entry.started.is_set() and entry.future.cancel()
-        ]
+        not_started = self.pool.take_not_started()
         if not_started:
             self._with_retries(store.release_tasks, not_started)
             for task in not_started:
@@ -310,13 +287,13 @@ class Worker:
             self.wake_event.clear()
             self._with_retries(self._flush_finished)
         self._with_retries(self._flush_finished)
-        leftover = [entry.task for entry in self.in_hand.values()]
+        leftover = list(self.in_hand.values())
         if leftover:
+            self.stranded_handlers = not self.pool.stop_running()
             released = self._with_retries(store.release_tasks, leftover)
             logger.warning("released %d task(s) still running at shutdown", released)
             self.in_hand.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.async_runner.close()
+        self.pool.close()
 
     def _with_retries(self, func: Callable[..., Any], *args: Any) -> Any:
         """Shutdown writes must land: retry through short database outages."""
@@ -346,9 +323,6 @@ class Worker:
         connections.close_all()
         # A handler thread stuck past the shutdown timeout cannot be killed; its task is
         # already released (its late write will be fenced off), so do not wait for it.
-        stuck = [
-            t for t in threading.enumerate() if t.name.startswith("taskqueue-task") and t.is_alive()
-        ]
-        if stuck:
+        if self.stranded_handlers:
             logging.shutdown()
             os._exit(0)

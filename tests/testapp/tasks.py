@@ -121,3 +121,52 @@ def crash_worker() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@taskqueue.handler("patient_ledger", max_attempts=10, retry=taskqueue.Fixed(0))
+def patient_ledger(n: int) -> None:
+    """Like 'ledger', with attempts to spare: outage tests cut its connection mid-task."""
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO testapp_ledgerentry (n, pid) VALUES (%s, %s)", [n, os.getpid()])
+
+
+@taskqueue.handler("chaos_ledger", takes_context=True, max_attempts=25, retry=taskqueue.Fixed(0))
+def chaos_ledger(ctx: taskqueue.TaskContext, n: int, work_ms: float = 3) -> dict:
+    """Count this execution in the chaos ledger (a connection of its own), then work a little.
+
+    Attempts to spare: every SIGKILL spends the attempts of the tasks its worker held, and
+    the chaos tests prove nothing is lost, not that attempts run out.
+    """
+    import time
+
+    from tests.chaos import record_execution
+
+    record_execution(n, ctx.worker_id, ctx.attempt)
+    time.sleep(work_ms / 1000)  # the handler's own work, so kills land mid-task
+    return {"worker": ctx.worker_id, "attempt": ctx.attempt}
+
+
+@taskqueue.handler("hang_sleep", queue="hang", timeout=1, max_attempts=1)
+def hang_sleep() -> None:
+    import time
+
+    time.sleep(600)  # a handler stuck in a sleep: the worker must stop it at its timeout
+
+
+@taskqueue.handler("hang_cpu", queue="hang", timeout=1, max_attempts=1)
+def hang_cpu() -> None:
+    while True:  # a pure-Python CPU loop that never yields
+        pass
+
+
+@taskqueue.handler("hang_sql", queue="hang", timeout=1, max_attempts=2, retry=taskqueue.Fixed(0))
+def hang_sql() -> None:
+    """A long query: pg_sleep on PostgreSQL, a huge recursive count on SQLite."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_sleep(600)")
+        else:
+            cursor.execute(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                "WHERE x < 10000000000) SELECT max(x) FROM c"
+            )

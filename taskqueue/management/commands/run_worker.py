@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from taskqueue.conf import settings as tq_settings
 from taskqueue.registry import QUEUE_PATTERN, registry
-from taskqueue.worker.loop import Worker, WorkerConfig
+from taskqueue.worker.loop import POOLS, Worker, WorkerConfig
 from taskqueue.worker.presence import default_worker_id
 
 
@@ -41,6 +41,12 @@ class Command(BaseCommand):
             help="Handlers at once (default: TASKQUEUE['CONCURRENCY']).",
         )
         parser.add_argument("--id", dest="worker_id", help="Worker id (default: host:pid:random).")
+        parser.add_argument(
+            "--pool",
+            choices=POOLS,
+            help="Run handlers in child processes (stoppable at their timeout) or in threads "
+            "(lighter; only async handlers are stopped) (default: TASKQUEUE['POOL']).",
+        )
         parser.add_argument(
             "--burst", action="store_true", help="Process what is due now, then exit."
         )
@@ -92,6 +98,7 @@ class Command(BaseCommand):
             stale_after=float(tq_settings.STALE_AFTER),
             burst=options["burst"],
             max_tasks=options["max_tasks"],
+            pool=options["pool"] or tq_settings.POOL,
         )
         self._configure_logging(options["verbosity"])
         if not registry.names():

@@ -1,0 +1,69 @@
+"""The main function of a handler child process: set Django up, then run tasks one by one.
+
+The worker sends a task, the child runs it and answers with its outcome. The child ignores
+SIGINT and SIGTERM (its worker decides when it stops) and dies with its worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import signal
+from multiprocessing.connection import Connection
+
+PR_SET_PDEATHSIG = 1
+
+
+def application_name(worker_id: str, slot: int) -> str:
+    """The PostgreSQL application_name of a child's connections (to stop its queries)."""
+    return f"taskqueue:{worker_id}:{slot}"[:63]
+
+
+def child_main(
+    conn: Connection, settings_module: str, worker_id: str, slot: int, parent_pid: int
+) -> None:
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    from taskqueue.worker import wire
+    from taskqueue.worker.executor import AsyncRunner
+    from taskqueue.worker.pools import run_task
+
+    for alias in connections:
+        if connections[alias].vendor == "postgresql":
+            options = connections[alias].settings_dict.setdefault("OPTIONS", {})
+            options["application_name"] = application_name(worker_id, slot)
+    async_runner = AsyncRunner()
+    rng = random.Random()
+    conn.send_bytes(wire.encode({"kind": "ready", "pid": os.getpid()}))
+    while True:
+        try:
+            message = wire.decode(conn.recv_bytes())
+        except EOFError:
+            break  # the worker is gone
+        if message["kind"] != "task":
+            break
+        task = wire.task_from_message(message)
+        finished = run_task(task, worker_id, async_runner, rng)
+        conn.send_bytes(wire.encode(wire.outcome_message(finished.outcome)))
+    async_runner.close()
+    connections.close_all()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # Linux: SIGKILL this child when the worker dies, even by kill -9, so no handler
+    # outlives its worker and runs on unsupervised.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the worker died before we could ask to die with it

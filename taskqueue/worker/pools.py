@@ -1,0 +1,122 @@
+"""Where handlers run: the pool interface, the shared task runner, and the thread pool.
+
+The claim loop hands claimed tasks to a pool and gets each outcome back through a
+callback. ``ProcessPool`` (``taskqueue.worker.processes``) runs handlers in child
+processes that can be killed at their timeout; ``ThreadPool`` runs them in threads of the
+worker, lighter but unable to stop a sync handler that overruns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from django.db import DatabaseError, close_old_connections, connections
+
+from taskqueue import signals, store
+from taskqueue.sql import ClaimedTask
+from taskqueue.worker.executor import AsyncRunner, execute
+from taskqueue.worker.outcomes import Finished
+
+logger = logging.getLogger("taskqueue.worker")
+
+OnFinished = Callable[[Finished], None]
+
+
+class HandlerPool(Protocol):
+    """What the claim loop needs from a pool of handler slots."""
+
+    def start(self) -> None: ...
+
+    def submit(self, task: ClaimedTask) -> None:
+        """Run ``task`` in the next free slot (queued here until one is free)."""
+
+    def take_not_started(self) -> list[ClaimedTask]:
+        """Withdraw the submitted tasks no slot has started yet."""
+
+    def stop_running(self) -> bool:
+        """Stop the handlers still running; False when they could not be stopped."""
+
+    def close(self) -> None: ...
+
+
+def run_task(
+    task: ClaimedTask, worker_id: str, async_runner: AsyncRunner, rng: random.Random
+) -> Finished:
+    """Run one task in this thread and return its outcome (never raises)."""
+    store.emit_for(task, signals.task_started, name="started", worker_id=worker_id)
+    try:
+        outcome, context = execute(task, worker_id, async_runner, rng)
+        if context is not None:
+            try:
+                context.flush_progress()
+            except DatabaseError:
+                logger.warning("could not save the progress of task %s", task.id)
+    finally:
+        # As Django does after a request: drop broken or expired connections, and forget
+        # logged queries so DEBUG=True does not grow memory.
+        close_old_connections()
+        for conn in connections.all(initialized_only=True):
+            conn.queries_log.clear()
+    return Finished(task, outcome, context)
+
+
+class ThreadPool:
+    """Handlers in ``size`` threads of the worker process."""
+
+    def __init__(self, size: int, worker_id: str, on_finished: OnFinished) -> None:
+        self.size = size
+        self.worker_id = worker_id
+        self.on_finished = on_finished
+        self.tasks: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+        self.async_runner = AsyncRunner()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"taskqueue-task-{slot}", daemon=True)
+            for slot in range(size)
+        ]
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, task: ClaimedTask) -> None:
+        self.tasks.put(task)
+
+    def _serve(self) -> None:
+        rng = random.Random()
+        while (task := self.tasks.get()) is not None:
+            with self.lock:
+                self.busy += 1
+            try:
+                finished = run_task(task, self.worker_id, self.async_runner, rng)
+            finally:
+                with self.lock:
+                    self.busy -= 1
+            self.on_finished(finished)
+        connections.close_all()
+
+    def take_not_started(self) -> list[ClaimedTask]:
+        withdrawn: list[ClaimedTask] = []
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return withdrawn
+            if task is not None:
+                withdrawn.append(task)
+
+    def stop_running(self) -> bool:
+        # A thread cannot be killed: report whether any handler is still running.
+        with self.lock:
+            return self.busy == 0
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.tasks.put(None)
+        self.async_runner.close()

@@ -1,0 +1,296 @@
+"""Handlers in child processes, one per slot, so a handler past its timeout can be stopped.
+
+A collector thread waits on every child's pipe at once: it receives outcomes, hands the
+next queued task to the child that became free, kills a child whose handler ran past its
+deadline (and terminates its database sessions, so a long query stops too), and starts a
+replacement for any child that died. Children are started with ``spawn``: a clean
+interpreter that sets Django up itself, safe while the worker's threads are running.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+from django.db import DatabaseError, connections
+
+from taskqueue.models import AttemptOutcome
+from taskqueue.sql import ClaimedTask
+from taskqueue.worker import wire
+from taskqueue.worker.child import application_name, child_main
+from taskqueue.worker.executor import failed_attempt
+from taskqueue.worker.outcomes import Finished
+from taskqueue.worker.pools import OnFinished
+
+logger = logging.getLogger("taskqueue.worker.processes")
+
+START_TIMEOUT = 60.0  # seconds a new child may take to import and set Django up
+COLLECT_TICK = 1.0  # the collector re-checks deadlines at least this often
+
+
+@dataclass
+class _Child:
+    slot: int
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    task: ClaimedTask | None = None
+    started: float = 0.0
+    deadline: float | None = None
+    spawned: float = field(default_factory=time.monotonic)
+
+
+class ProcessPool:
+    """``size`` child processes, each running one handler at a time."""
+
+    def __init__(self, size: int, worker_id: str, on_finished: OnFinished) -> None:
+        self.size = size
+        self.worker_id = worker_id
+        self.on_finished = on_finished
+        self.context = multiprocessing.get_context("spawn")
+        self.children: list[_Child] = []
+        self.waiting: deque[ClaimedTask] = deque()
+        self.lock = threading.RLock()
+        self.rng = random.Random()
+        self.closed = False
+        self.wake_read, self.wake_write = os.pipe()
+        self.collector = threading.Thread(
+            target=self._collect, name="taskqueue-collector", daemon=True
+        )
+
+    # --- the HandlerPool interface ---------------------------------------------------------
+
+    def start(self) -> None:
+        with self.lock:
+            self.children = [self._spawn(slot) for slot in range(self.size)]
+        self.collector.start()
+
+    def submit(self, task: ClaimedTask) -> None:
+        with self.lock:
+            self.waiting.append(task)
+            self._dispatch()
+
+    def take_not_started(self) -> list[ClaimedTask]:
+        with self.lock:
+            withdrawn = list(self.waiting)
+            self.waiting.clear()
+        return withdrawn
+
+    def stop_running(self) -> bool:
+        with self.lock:
+            for child in self.children:
+                if child.task is not None:
+                    self._kill(child)
+                    child.task = None
+        return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for child in self.children:
+                if not child.ready:
+                    child.process.kill()  # still setting Django up: it holds no work
+                    continue
+                try:
+                    child.conn.send_bytes(wire.encode({"kind": "stop"}))
+                except OSError:
+                    pass
+        os.write(self.wake_write, b"x")
+        deadline = time.monotonic() + 5
+        for child in self.children:
+            child.process.join(max(deadline - time.monotonic(), 0))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(5)
+        self.collector.join(5)
+        os.close(self.wake_read)
+        os.close(self.wake_write)
+
+    # --- children ------------------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> _Child:
+        parent_conn, child_conn = self.context.Pipe()
+        process = self.context.Process(
+            target=child_main,
+            args=(
+                child_conn,
+                os.environ.get("DJANGO_SETTINGS_MODULE", ""),
+                self.worker_id,
+                slot,
+                os.getpid(),
+            ),
+            name=f"taskqueue-child-{slot}",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        return _Child(slot=slot, process=process, conn=parent_conn)
+
+    def _dispatch(self) -> None:
+        """Hand queued tasks to free children (call with the lock held)."""
+        for child in self.children:
+            if not self.waiting:
+                return
+            if not child.ready or child.task is not None:
+                continue
+            task = self.waiting.popleft()
+            try:
+                child.conn.send_bytes(wire.encode(wire.task_message(task)))
+            except OSError:
+                self.waiting.appendleft(task)
+                self._replace(child, "its pipe broke")
+                continue
+            child.task = task
+            child.started = time.monotonic()
+            child.deadline = child.started + task.timeout if task.timeout else None
+
+    def _replace(self, child: _Child, why: str) -> None:
+        """Start a new child in ``child``'s slot (call with the lock held)."""
+        if child.process.is_alive():
+            child.process.kill()
+        child.process.join(5)
+        child.conn.close()
+        if self.closed:
+            return
+        logger.warning(
+            "handler process %d of worker %s %s; starting a new one",
+            child.slot,
+            self.worker_id,
+            why,
+        )
+        self.children[self.children.index(child)] = self._spawn(child.slot)
+
+    def _kill(self, child: _Child) -> None:
+        """Stop a child at once, and the database sessions its handler had open."""
+        child.process.kill()
+        child.process.join(5)
+        _terminate_sessions(application_name(self.worker_id, child.slot))
+
+    # --- the collector thread ------------------------------------------------------------
+
+    def _collect(self) -> None:
+        try:
+            while not self.closed:
+                with self.lock:
+                    by_conn = {child.conn: child for child in self.children}
+                ready = wait([*by_conn, self.wake_read], timeout=self._next_tick())
+                for source in ready:
+                    if source == self.wake_read:
+                        os.read(self.wake_read, 4096)
+                    else:
+                        self._receive(by_conn[source])  # type: ignore[index]
+                self._enforce_deadlines()
+        finally:
+            connections.close_all()
+
+    def _next_tick(self) -> float:
+        now = time.monotonic()
+        with self.lock:
+            deadlines = [c.deadline for c in self.children if c.deadline and c.task]
+            starting = [c.spawned + START_TIMEOUT for c in self.children if not c.ready]
+        upcoming = [*deadlines, *starting]
+        return max(0.0, min([now + COLLECT_TICK, *upcoming]) - now)
+
+    def _receive(self, child: _Child) -> None:
+        with self.lock:
+            if child not in self.children:
+                return  # already replaced
+            try:
+                message = wire.decode(child.conn.recv_bytes())
+            except (EOFError, OSError):
+                self._child_died(child)
+                return
+            if message["kind"] == "ready":
+                child.ready = True
+                self._dispatch()
+                return
+            task, child.task, child.deadline = child.task, None, None
+            self._dispatch()
+        if task is not None:
+            self.on_finished(Finished(task, wire.outcome_from_message(message), None))
+
+    def _child_died(self, child: _Child) -> None:
+        """A child exited on its own: a handler crashed it (call with the lock held)."""
+        task = child.task
+        child.process.join(5)
+        code = child.process.exitcode
+        self._replace(child, f"exited with code {code}")
+        self._dispatch()
+        if task is not None:
+            signal_hint = f" (killed by signal {-code})" if code is not None and code < 0 else ""
+            self._report_failure(
+                child,
+                task,
+                error_type="WorkerCrashed",
+                error=f"the process running the handler died with exit code {code}{signal_hint}",
+                attempt_outcome=AttemptOutcome.WORKER_LOST,
+            )
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for child in list(self.children):
+                if not child.ready and now - child.spawned > START_TIMEOUT:
+                    self._replace(child, f"did not start within {START_TIMEOUT:g} s")
+                elif (
+                    child.task is not None and child.deadline is not None and now >= child.deadline
+                ):
+                    task = child.task
+                    self._kill(child)
+                    child.task = None
+                    self._replace(child, f"was stopped: its handler ran past {task.timeout:g} s")
+                    self._report_failure(
+                        child,
+                        task,
+                        error_type="TimeoutError",
+                        error=f"timed out after {task.timeout:g} s",
+                        attempt_outcome=AttemptOutcome.TIMED_OUT,
+                    )
+            self._dispatch()
+
+    def _report_failure(
+        self,
+        child: _Child,
+        task: ClaimedTask,
+        *,
+        error_type: str,
+        error: str,
+        attempt_outcome: str,
+    ) -> None:
+        outcome = failed_attempt(
+            task,
+            self.rng,
+            duration=time.monotonic() - child.started,
+            error_type=error_type,
+            error=error,
+            attempt_outcome=attempt_outcome,
+        )
+        self.on_finished(Finished(task, outcome, None))
+
+
+def _terminate_sessions(name: str) -> None:
+    """Terminate the PostgreSQL sessions a killed child left behind (its query goes too)."""
+    for alias in connections:
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s",
+                    [name],
+                )
+        except DatabaseError:
+            logger.warning(
+                "could not stop the database sessions of %s on %r", name, alias, exc_info=True
+            )
+            connection.close()
