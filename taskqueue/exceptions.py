@@ -41,5 +41,13 @@ class PermanentError(Exception):
     """Raise from a handler to fail the task at once, without retrying."""
 
 
+class InvalidResult(TaskqueueError):
+    """The handler returned a value that cannot be stored as JSON."""
+
+
+class ClaimLost(TaskqueueError):
+    """The worker no longer owns the task (rescued, cancelled or released meanwhile)."""
+
+
 class HandlerTimeout(TaskqueueError):
     """The handler ran past its timeout and was stopped."""

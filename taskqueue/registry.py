@@ -62,6 +62,9 @@ class HandlerSpec:
     critical: bool = False
     description: str = ""
     takes_context: bool = False
+    # The handler's writes and the task's completion commit in one transaction on the
+    # queue's database: effects exactly once, for handlers whose only effects are there.
+    atomic: bool = False
     is_async: bool = False
     signature: inspect.Signature = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
 
@@ -111,6 +114,11 @@ def build_spec(name: str, func: Callable[..., Any], **options: Any) -> HandlerSp
             raise InvalidTaskOption(f"concurrency_limit must be a positive integer, got {limit!r}")
     except InvalidTaskOption as exc:
         raise ImproperlyConfigured(f"handler {name!r}: {exc}") from None
+    if options.get("atomic") and inspect.iscoroutinefunction(func):
+        raise ImproperlyConfigured(
+            f"handler {name!r} is async and atomic=True: an async handler's queries do not "
+            "run in the worker's transaction, so atomic mode cannot cover them"
+        )
     signature = inspect.signature(func)
     takes_context = bool(options.get("takes_context", False))
     if takes_context and not signature.parameters:

@@ -12,6 +12,7 @@ from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
 from taskqueue.store.rescue import RescueResult, rescue_stale_tasks
 from taskqueue.store.running import (
     claim_due_tasks,
+    complete_one,
     complete_tasks,
     dead_letter,
     emit_for,
@@ -37,6 +38,7 @@ __all__ = [
     "cancel",
     "cancel_tasks",
     "claim_due_tasks",
+    "complete_one",
     "complete_tasks",
     "database_alias",
     "dead_letter",

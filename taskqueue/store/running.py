@@ -45,6 +45,15 @@ def complete_tasks(completions: list[tuple[ClaimedTask, Any]]) -> set[uuid.UUID]
     return done
 
 
+def complete_one(task: ClaimedTask, result: Any) -> bool:
+    """Complete one task, fenced by its lease (atomic handlers call this in their transaction)."""
+    return bool(
+        _claimed(task, database_alias()).update(
+            status=TaskStatus.COMPLETED, result=result, completed_at=Now(), updated_at=Now()
+        )
+    )
+
+
 def _log_lost_lease(task: ClaimedTask, what: str) -> None:
     logger.warning(
         "dropped the %s of task %s: its claim was lost (rescued, cancelled or released)",

@@ -16,10 +16,14 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
+
 from taskqueue.context import TaskContext
 from taskqueue.exceptions import (
+    ClaimLost,
     HandlerTimeout,
     InvalidPayload,
+    InvalidResult,
     PermanentError,
     Retry,
     UnknownTaskType,
@@ -31,6 +35,8 @@ from taskqueue.retry import NoRetry, next_delay, strategy_from_dict
 from taskqueue.sql import ClaimedTask
 
 SUCCEEDED = "succeeded"
+COMMITTED = "committed"  # succeeded, and recorded in the handler's own transaction (atomic)
+LOST = "lost"  # the claim was lost before an atomic handler could commit: nothing to record
 RETRY = "retry"
 DEAD = "dead"
 
@@ -131,7 +137,14 @@ def execute(
             "InvalidPayload", f"payload does not match handler {spec.name!r}{spec.signature}: {exc}"
         ), context
     try:
-        result = _call(spec, bound.args, bound.kwargs, task.timeout, async_runner)
+        if spec.atomic:
+            _call_atomically(task, spec, bound.args, bound.kwargs, async_runner)
+            return Outcome(COMMITTED, time.monotonic() - started), context
+        result = _checked_result(_call(spec, bound.args, bound.kwargs, task.timeout, async_runner))
+    except ClaimLost as exc:
+        return Outcome(LOST, time.monotonic() - started, error=str(exc)), context
+    except InvalidResult as exc:
+        return dead("InvalidResult", str(exc)), context
     except Retry as exc:
         return _failure(task, spec, exc, started, rng, requested_delay=exc.delay), context
     except PermanentError as exc:
@@ -140,11 +153,34 @@ def execute(
         return _failure(task, spec, exc, started, rng, timed_out=True), context
     except Exception as exc:
         return _failure(task, spec, exc, started, rng), context
+    return Outcome(SUCCEEDED, time.monotonic() - started, result=result), context
+
+
+def _checked_result(result: Any) -> Any:
     try:
         check_json(result, "result")
     except InvalidPayload as exc:
-        return dead("InvalidResult", f"handler returned a value that is not JSON: {exc}"), context
-    return Outcome(SUCCEEDED, time.monotonic() - started, result=result), context
+        raise InvalidResult(f"handler returned a value that is not JSON: {exc}") from None
+    return result
+
+
+def _call_atomically(
+    task: ClaimedTask,
+    spec: HandlerSpec,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    async_runner: AsyncRunner,
+) -> None:
+    """Run the handler and complete the task in one transaction on the queue's database.
+
+    If the claim was lost meanwhile, everything the handler wrote is rolled back with it.
+    """
+    from taskqueue import store
+
+    with transaction.atomic(using=store.database_alias()):
+        result = _checked_result(_call(spec, args, kwargs, task.timeout, async_runner))
+        if not store.complete_one(task, result):
+            raise ClaimLost(f"task {task.id} was taken from this worker; rolled back its effects")
 
 
 def _call(

@@ -10,7 +10,7 @@ from taskqueue.context import TaskContext
 from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome
 from taskqueue.sql import ClaimedTask
-from taskqueue.worker.executor import DEAD, RETRY, SUCCEEDED, Outcome
+from taskqueue.worker.executor import COMMITTED, DEAD, LOST, RETRY, SUCCEEDED, Outcome
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -28,6 +28,10 @@ def record(pending: list[Finished], written: list[Finished], worker_id: str) -> 
     Each outcome moves from ``pending`` to ``written`` once its write has committed, so when
     the database fails midway the caller knows exactly which ones must be written again.
     """
+    # Atomic handlers recorded their own completion; a lost claim has nothing to record.
+    for item in [item for item in pending if item.outcome.kind in (COMMITTED, LOST)]:
+        written.append(item)
+        pending.remove(item)
     successes = [item for item in pending if item.outcome.kind == SUCCEEDED]
     if successes:
         store.complete_tasks([(item.task, item.outcome.result) for item in successes])
@@ -54,8 +58,16 @@ def announce(item: Finished, worker_id: str) -> None:
     """Send the lifecycle signals of one finished task and log failures with context."""
     task, outcome = item.task, item.outcome
     common = {"worker_id": worker_id, "duration": outcome.duration}
-    if outcome.kind == SUCCEEDED:
+    if outcome.kind in (SUCCEEDED, COMMITTED):
         store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
+        return
+    if outcome.kind == LOST:
+        logger.warning(
+            "dropped the outcome of task %s: %s",
+            task.id,
+            outcome.error,
+            extra={"task_id": str(task.id), "task_type": task.task_type},
+        )
         return
     failure = {
         **common,

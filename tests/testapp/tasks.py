@@ -170,3 +170,24 @@ def hang_sql() -> None:
                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
                 "WHERE x < 10000000000) SELECT max(x) FROM c"
             )
+
+
+@taskqueue.handler("atomic_ledger", atomic=True, max_attempts=20, retry=taskqueue.Fixed(0))
+def atomic_ledger(n: int, work: float = 0.0) -> int:
+    """An effect in the queue's database, committed together with the task's completion."""
+    import time
+
+    from tests.testapp.models import LedgerEntry
+
+    LedgerEntry.objects.create(n=n, pid=os.getpid())
+    if work:
+        time.sleep(work)  # the handler's own work: gives kill -9 a window mid-transaction
+    return n
+
+
+@taskqueue.handler("atomic_then_fail", atomic=True, max_attempts=1)
+def atomic_then_fail(n: int) -> None:
+    from tests.testapp.models import LedgerEntry
+
+    LedgerEntry.objects.create(n=n, pid=os.getpid())
+    raise RuntimeError("fails after writing")
