@@ -128,6 +128,8 @@ def check_settings(
     ):
         if name in raw:
             messages += _positive(name, raw[name])
+    if raw.get("MAX_MEMORY") is not None:
+        messages += _positive("MAX_MEMORY", raw["MAX_MEMORY"])
     if "SHUTDOWN_TIMEOUT" in raw:
         value = raw["SHUTDOWN_TIMEOUT"]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ATTEMPTS": 3,
     "DEFAULT_TIMEOUT": 1800,
     "MAX_PAYLOAD_BYTES": 1048576,
+    "MAX_MEMORY": None,  # MiB per process; over it a handler process or the worker recycles
     "SCHEDULES": {},
     "RETENTION": {
         "completed": 7 * 86400,

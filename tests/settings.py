@@ -10,7 +10,8 @@ from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = "taskqueue-tests-not-secret"
-DEBUG = False
+# Worker subprocesses of the memory test run with DEBUG=True, which logs every query.
+DEBUG = os.environ.get("TASKQUEUE_TEST_DEBUG") == "1"
 USE_TZ = True
 TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]

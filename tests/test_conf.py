@@ -30,6 +30,7 @@ def test_defaults_match_the_documented_contract() -> None:
         "MAX_ATTEMPTS": 3,
         "DEFAULT_TIMEOUT": 1800,
         "MAX_PAYLOAD_BYTES": 1048576,
+        "MAX_MEMORY": None,
         "SCHEDULES": {},
         "RETENTION": {"completed": 604800, "cancelled": 604800, "reviewed_dead": 2592000},
         "HEALTH": {"MAX_PENDING": 1000, "MAX_OLDEST_PENDING": 1800, "MAX_DEAD_UNREVIEWED": 10},

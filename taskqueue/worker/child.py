@@ -21,7 +21,12 @@ def application_name(worker_id: str, slot: int) -> str:
 
 
 def child_main(
-    conn: Connection, settings_module: str, worker_id: str, slot: int, parent_pid: int
+    conn: Connection,
+    settings_module: str,
+    worker_id: str,
+    slot: int,
+    parent_pid: int,
+    max_memory: float | None = None,
 ) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -34,6 +39,7 @@ def child_main(
 
     from taskqueue.worker import wire
     from taskqueue.worker.executor import AsyncRunner
+    from taskqueue.worker.memory import over_ceiling, resident_mib
     from taskqueue.worker.pools import run_task
 
     for alias in connections:
@@ -52,7 +58,14 @@ def child_main(
             break
         task = wire.task_from_message(message)
         finished = run_task(task, worker_id, async_runner, rng)
-        conn.send_bytes(wire.encode(wire.outcome_message(finished.outcome)))
+        message = wire.outcome_message(finished.outcome)
+        if over_ceiling(max_memory):
+            # Said with the outcome, so the worker gives this process no further task and
+            # starts a fresh one in its slot.
+            message["recycle"] = f"holds {resident_mib():.0f} MiB, over MAX_MEMORY {max_memory:g}"
+        conn.send_bytes(wire.encode(message))
+        if "recycle" in message:
+            break
     async_runner.close()
     connections.close_all()
 

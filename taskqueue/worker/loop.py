@@ -30,6 +30,7 @@ from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
 from taskqueue.worker.duties import Duty, DutyThread
 from taskqueue.worker.listener import ListenerThread
+from taskqueue.worker.memory import over_ceiling, resident_mib
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools import HandlerPool, ThreadPool
 from taskqueue.worker.processes import ProcessPool
@@ -62,6 +63,7 @@ class WorkerConfig:
     burst: bool = False
     max_tasks: int | None = None
     pool: str = "processes"
+    max_memory: float | None = None  # MiB per process
 
 
 class Worker:
@@ -70,8 +72,11 @@ class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.using = tq_settings.DATABASE
-        pool_class = ProcessPool if config.pool == "processes" else ThreadPool
-        self.pool: HandlerPool = pool_class(config.concurrency, config.worker_id, self._finished)
+        self.pool: HandlerPool = (
+            ProcessPool(config.concurrency, config.worker_id, self._finished, config.max_memory)
+            if config.pool == "processes"
+            else ThreadPool(config.concurrency, config.worker_id, self._finished)
+        )
         self.rng = random.Random()
         self.wake_event = threading.Event()
         self.in_hand: dict[Any, ClaimedTask] = {}
@@ -84,6 +89,7 @@ class Worker:
         self.stopping = False
         self.force_stop = False
         self.signals_received = 0
+        self.recycle_reason = ""
         self.stranded_handlers = False  # handler threads still running that cannot be stopped
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -178,8 +184,8 @@ class Worker:
             queue_empty = tried and not claimed
             if self.config.burst and queue_empty and not self.in_hand and not self.finished:
                 return
-            if self._reached_max_tasks() and not self.in_hand and not self.finished:
-                return  # recycled: every task claimed within the budget has finished
+            if self._recycling() and not self.in_hand and not self.finished:
+                return  # recycled: every task claimed before has finished
             self._wait(claimed_any=bool(claimed))
 
     def _flush_and_claim(self) -> tuple[bool, int]:
@@ -207,7 +213,7 @@ class Worker:
 
     def _free_slots(self) -> int:
         """How many tasks to claim now (0: wait for a batch's worth of room)."""
-        if self.stopping:
+        if self.stopping or self.recycle_reason:
             return 0
         held = len(self.in_hand)
         free = self.capacity - held
@@ -224,6 +230,19 @@ class Worker:
         timeout = FLUSH_INTERVAL if self.in_hand else self.config.poll_interval
         self.wake_event.wait(timeout)
         self.wake_event.clear()
+
+    def _recycling(self) -> bool:
+        """Past --max-tasks or the memory ceiling: claim no more, finish, exit 0."""
+        if not self.recycle_reason:
+            if self._reached_max_tasks():
+                self.recycle_reason = f"claimed {self.claimed_total} task(s) (--max-tasks)"
+            elif self.processed and over_ceiling(self.config.max_memory):
+                self.recycle_reason = (
+                    f"holds {resident_mib():.0f} MiB, over MAX_MEMORY {self.config.max_memory:g}"
+                )
+            if self.recycle_reason:
+                logger.info("worker %s recycles: it %s", self.config.worker_id, self.recycle_reason)
+        return bool(self.recycle_reason)
 
     def _reached_max_tasks(self) -> bool:
         return self.config.max_tasks is not None and self.claimed_total >= self.config.max_tasks

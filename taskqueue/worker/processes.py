@@ -51,8 +51,11 @@ class _Child:
 class ProcessPool:
     """``size`` child processes, each running one handler at a time."""
 
-    def __init__(self, size: int, worker_id: str, on_finished: OnFinished) -> None:
+    def __init__(
+        self, size: int, worker_id: str, on_finished: OnFinished, max_memory: float | None = None
+    ) -> None:
         self.size = size
+        self.max_memory = max_memory
         self.worker_id = worker_id
         self.on_finished = on_finished
         self.context = multiprocessing.get_context("spawn")
@@ -126,6 +129,7 @@ class ProcessPool:
                 self.worker_id,
                 slot,
                 os.getpid(),
+                self.max_memory,
             ),
             name=f"taskqueue-child-{slot}",
             daemon=True,
@@ -213,6 +217,8 @@ class ProcessPool:
                 self._dispatch()
                 return
             task, child.task, child.deadline = child.task, None, None
+            if "recycle" in message:
+                self._replace(child, f"recycles: {message['recycle']}")
             self._dispatch()
         if task is not None:
             self.on_finished(Finished(task, wire.outcome_from_message(message), None))

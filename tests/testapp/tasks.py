@@ -191,3 +191,12 @@ def atomic_then_fail(n: int) -> None:
 
     LedgerEntry.objects.create(n=n, pid=os.getpid())
     raise RuntimeError("fails after writing")
+
+
+_HOARD: list[bytes] = []
+
+
+@taskqueue.handler("hoard_memory", queue="memory")
+def hoard_memory(mib: int) -> None:
+    """Keep ``mib`` MiB alive in this process, as a leaking handler would."""
+    _HOARD.append(b"x" * (mib * 2**20))

@@ -42,6 +42,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--id", dest="worker_id", help="Worker id (default: host:pid:random).")
         parser.add_argument(
+            "--max-memory",
+            type=_non_negative_float,
+            metavar="MIB",
+            help="Recycle a handler process (or the worker) holding more than this many MiB "
+            "(default: TASKQUEUE['MAX_MEMORY'], no ceiling).",
+        )
+        parser.add_argument(
             "--pool",
             choices=POOLS,
             help="Run handlers in child processes (stoppable at their timeout) or in threads "
@@ -99,6 +106,11 @@ class Command(BaseCommand):
             burst=options["burst"],
             max_tasks=options["max_tasks"],
             pool=options["pool"] or tq_settings.POOL,
+            max_memory=(
+                options["max_memory"]
+                if options["max_memory"] is not None
+                else tq_settings.MAX_MEMORY
+            ),
         )
         self._configure_logging(options["verbosity"])
         if not registry.names():
