@@ -66,7 +66,13 @@ def bulk_enqueues(count: int, batch_size: int) -> Row:
 
 
 def burst_throughput(
-    processes: int, concurrency: int, tasks: int, batch_size: int, log_dir: Path, timeout: float
+    processes: int,
+    concurrency: int,
+    tasks: int,
+    batch_size: int,
+    log_dir: Path,
+    timeout: float,
+    pool: str = "processes",
 ) -> Row:
     """Preload ``tasks`` no-ops, drain them with ``processes`` burst workers, time it."""
     database.clear_tasks()
@@ -76,10 +82,12 @@ def burst_throughput(
     workers = [
         start_worker(
             log_dir,
-            f"burst-{processes}x{concurrency}-{n}",
+            f"burst-{pool}-{processes}x{concurrency}-{n}",
             "--burst",
             "--concurrency",
             str(concurrency),
+            "--pool",
+            pool,
         )
         for n in range(processes)
     ]
@@ -94,15 +102,16 @@ def burst_throughput(
     rate = done / span
     cpu = sum(r.cpu_user + r.cpu_system for r in exits)
     peak = max(r.peak_rss_mib for r in exits)
-    plural = "es" if processes > 1 else ""
+    plural = "s" if processes > 1 else ""
     return Row(
-        f"no-op tasks, {processes} process{plural} x concurrency {concurrency}",
+        f"no-op tasks, {pool} pool, {processes} worker{plural} x concurrency {concurrency}",
         f"{rate:,.0f} /s",
         f"{rate / processes:,.0f} /s per process; wall {wall:.1f} s incl. start-up "
         f"= {done / wall:,.0f} /s; worker CPU {cpu / done * 1e6:,.0f} us/task; "
         f"peak RSS {peak:.0f} MiB",
         {
             "processes": processes,
+            "pool": pool,
             "concurrency": concurrency,
             "tasks": done,
             "span_seconds": span,

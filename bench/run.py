@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", default="4,16", help="--concurrency values for throughput")
     parser.add_argument(
+        "--pool", default="processes,threads", help="worker --pool values for throughput"
+    )
+    parser.add_argument(
         "--latency-samples",
         type=int,
         help=f"pickup latency samples (full: {FULL['latency_samples']}; "
@@ -89,6 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.latency_samples = min(args.latency_samples, SQLITE_LATENCY_SAMPLES)
     args.processes = [int(n) for n in args.processes.split(",") if n]
     args.concurrency = [int(n) for n in args.concurrency.split(",") if n]
+    args.pool = [name for name in args.pool.split(",") if name]
     args.only = {name.strip() for name in args.only.split(",") if name.strip()}
     return args
 
@@ -117,20 +121,27 @@ def run(args: argparse.Namespace, log_dir: Path) -> list[measure.Row]:
         progress(started, f"enqueue_many: {args.bulk:,}")
         rows.append(measure.bulk_enqueues(args.bulk, args.batch_size))
     if "throughput" in args.only:
-        for concurrency in args.concurrency:
-            for processes in args.processes:
-                progress(
-                    started,
-                    f"throughput: {args.tasks:,} no-ops, {processes} process(es) x "
-                    f"concurrency {concurrency}, {args.repeat} run(s)",
-                )
-                runs = [
-                    measure.burst_throughput(
-                        processes, concurrency, args.tasks, args.batch_size, log_dir, args.timeout
+        for pool in args.pool:
+            for concurrency in args.concurrency:
+                for processes in args.processes:
+                    progress(
+                        started,
+                        f"throughput: {args.tasks:,} no-ops, {pool} pool, {processes} "
+                        f"worker(s) x concurrency {concurrency}, {args.repeat} run(s)",
                     )
-                    for _ in range(args.repeat)
-                ]
-                rows.append(measure.median_of(runs))
+                    runs = [
+                        measure.burst_throughput(
+                            processes,
+                            concurrency,
+                            args.tasks,
+                            args.batch_size,
+                            log_dir,
+                            args.timeout,
+                            pool,
+                        )
+                        for _ in range(args.repeat)
+                    ]
+                    rows.append(measure.median_of(runs))
     if "latency" in args.only:
         progress(started, f"pickup latency: {args.latency_samples:,} samples; then memory")
         rows.extend(

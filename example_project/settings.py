@@ -100,6 +100,7 @@ TASKQUEUE_ENVIRONMENT: dict[str, Callable[[str], Any]] = {
     "DATABASE": str,
     "QUEUES": _queue_list,
     "CONCURRENCY": int,
+    "POOL": str,
     "POLL_INTERVAL": float,
     "HEARTBEAT_INTERVAL": float,
     "STALE_AFTER": float,
@@ -108,6 +109,7 @@ TASKQUEUE_ENVIRONMENT: dict[str, Callable[[str], Any]] = {
     "MAX_ATTEMPTS": int,
     "DEFAULT_TIMEOUT": float,
     "MAX_PAYLOAD_BYTES": int,
+    "MAX_MEMORY": float,
 }
 
 

@@ -203,3 +203,48 @@ def test_heartbeat_revives_a_worker_presumed_lost() -> None:
     Worker.objects.create(id="back", hostname="h", pid=3, concurrency=1, status=WorkerStatus.LOST)
     heartbeat("back", 0)
     assert Worker.objects.get(id="back").status == WorkerStatus.RUNNING
+
+
+def test_a_worker_restarted_with_the_same_id_takes_back_its_old_tasks(start_worker) -> None:
+    task = taskqueue.enqueue("add", {"a": 1, "b": 2})
+    (claimed,) = store.claim_due_tasks("fixed-id", ["default"], 1)
+    assert claimed.id == task.id  # then that process "died" holding it
+    worker = start_worker("--id", "fixed-id")
+    with worker_stderr_on_failure(worker):
+        wait_for(
+            lambda: _status(task) == TaskStatus.COMPLETED,
+            timeout=RESCUE_DEADLINE,
+            message="the restarted worker to take back and run its task",
+        )
+    worker.send_signal(signal.SIGTERM)
+    assert finish_worker(worker)[0] == 0
+    assert task.attempts == 2
+    (lost,) = TaskAttempt.objects.filter(task=task)
+    assert lost.outcome == AttemptOutcome.WORKER_LOST
+
+
+def test_rescue_sends_the_failure_signals() -> None:
+    from taskqueue import signals
+
+    Worker.objects.create(
+        id="silent", hostname="h", pid=2, concurrency=1, last_heartbeat=Now() - timedelta(minutes=5)
+    )
+    _running_for("silent")
+    _running_for("silent", max_attempts=1)
+    seen: list[str] = []
+
+    def receiver(sender, event, **kwargs) -> None:
+        seen.append(event.name)
+
+    for signal_ in (signals.task_failed, signals.task_retry_scheduled, signals.task_dead_lettered):
+        signal_.connect(receiver)
+    try:
+        store.rescue_stale_tasks(60, "rescuer", random.Random(0))
+    finally:
+        for signal_ in (
+            signals.task_failed,
+            signals.task_retry_scheduled,
+            signals.task_dead_lettered,
+        ):
+            signal_.disconnect(receiver)
+    assert sorted(seen) == ["dead_lettered", "failed", "failed", "retry_scheduled"]

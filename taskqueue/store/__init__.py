@@ -9,7 +9,7 @@ owns the task now, and the write is dropped and logged.
 from taskqueue.sql import ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
-from taskqueue.store.rescue import RescueResult, rescue_stale_tasks
+from taskqueue.store.rescue import RescueResult, rescue_own_tasks, rescue_stale_tasks
 from taskqueue.store.running import (
     claim_due_tasks,
     complete_one,
@@ -50,6 +50,7 @@ __all__ = [
     "mark_reviewed",
     "release_tasks",
     "requeue_dead",
+    "rescue_own_tasks",
     "rescue_stale_tasks",
     "retry_later",
     "save_progress",

@@ -16,19 +16,34 @@ from datetime import timedelta
 from uuid import UUID
 
 from django.db import connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
+from taskqueue import signals
+from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
 from taskqueue.retry import next_delay, strategy_from_dict
 from taskqueue.sql import ClaimedTask
 from taskqueue.store.common import database_alias
-from taskqueue.store.running import dead_letter, retry_later
+from taskqueue.store.running import dead_letter, emit_for, retry_later
 
 logger = logging.getLogger("taskqueue.store.rescue")
 
 LIVE_STATES = (WorkerStatus.RUNNING, WorkerStatus.STOPPING)
 RESCUE_BATCH = 500
+CLAIMED_FIELDS = (
+    "id",
+    "task_type",
+    "queue",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "retry",
+    "timeout",
+    "lease_id",
+    "started_at",
+)
 WORKER_LOST = "WorkerLost"
 
 
@@ -52,30 +67,37 @@ def rescue_stale_tasks(stale_after: float, rescuer: str, rng: random.Random) -> 
         Task.objects.using(using)
         .filter(status=TaskStatus.RUNNING)
         .exclude(Q(claimed_by__in=live.values("id")))
-        .order_by("started_at")
     )
+    _rescue(orphaned, using, rescuer, rng, result)
+    return result
+
+
+def rescue_own_tasks(worker_id: str, rng: random.Random) -> RescueResult:
+    """At start-up: take back what an earlier process with this worker id left running.
+
+    A worker restarted under the same ``--id`` looks live at once, so the stale-worker rule
+    would never see the tasks its previous incarnation died holding.
+    """
+    using = database_alias()
+    result = RescueResult()
+    held = Task.objects.using(using).filter(status=TaskStatus.RUNNING, claimed_by=worker_id)
+    _rescue(held, using, worker_id, rng, result)
+    return result
+
+
+def _rescue(
+    tasks: QuerySet[Task], using: str, rescuer: str, rng: random.Random, result: RescueResult
+) -> None:
     skip_locked = connections[using].features.has_select_for_update_skip_locked
     with transaction.atomic(using=using):
         # Several rescuers at once: each takes rows no other is handling right now.
         rows = list(
-            orphaned.select_for_update(skip_locked=skip_locked)[:RESCUE_BATCH].values(
-                "id",
-                "task_type",
-                "queue",
-                "payload",
-                "priority",
-                "attempts",
-                "max_attempts",
-                "retry",
-                "timeout",
-                "lease_id",
-                "started_at",
-                "claimed_by",
-            )
+            tasks.order_by("started_at")
+            .select_for_update(skip_locked=skip_locked)[:RESCUE_BATCH]
+            .values(*CLAIMED_FIELDS, "claimed_by")
         )
         for row in rows:
             _rescue_one(row, rescuer, rng, result)
-    return result
 
 
 def _mark_lost_workers(using: str, fresh_since: Now) -> list[str]:
@@ -104,9 +126,18 @@ def _rescue_one(row: dict, rescuer: str, rng: random.Random, result: RescueResul
         "error": error,
         "outcome": AttemptOutcome.WORKER_LOST,
     }
+    announced = {"worker_id": holder, "error_type": WORKER_LOST, "message": error}
     if task.attempts >= task.max_attempts:
         if dead_letter(task, **failure) is not None:
             result.dead_lettered.append(task.id)
+            emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
+            emit_for(
+                task,
+                signals.task_dead_lettered,
+                "dead_lettered",
+                severity=Severity.ERROR,
+                **announced,
+            )
             logger.error(
                 "dead-lettered task %s: %s",
                 task.id,
@@ -117,6 +148,14 @@ def _rescue_one(row: dict, rescuer: str, rng: random.Random, result: RescueResul
     delay = next_delay(task.attempts, strategy_from_dict(task.retry), rng)
     if retry_later(task, delay=delay, **failure):
         result.retried.append(task.id)
+        emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
+        emit_for(
+            task,
+            signals.task_retry_scheduled,
+            "retry_scheduled",
+            severity=Severity.WARNING,
+            **announced,
+        )
         logger.warning(
             "rescued task %s: %s",
             task.id,

@@ -99,6 +99,7 @@ class Worker:
         self._install_signal_handlers()
         worker_id = self.config.worker_id
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
+        store.rescue_own_tasks(worker_id, random.Random())
         duties = DutyThread(
             self.using,
             [
@@ -276,12 +277,16 @@ class Worker:
         if not pending:
             return
         written: list[Finished] = []
+        dropped: list[Finished] = []
         try:
-            outcomes.record(pending, written, self.config.worker_id)
+            outcomes.record(pending, written, dropped, self.config.worker_id)
         finally:
             if pending:
                 with self.finished_lock:
                     self.finished.extendleft(reversed(pending))
+            for item in dropped:
+                # The store logged why (the claim was lost); nothing happened to announce.
+                self.in_hand.pop(item.task.id, None)
             self._forget_written(written)
 
     def _forget_written(self, written: list[Finished]) -> None:

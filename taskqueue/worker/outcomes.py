@@ -10,7 +10,7 @@ from taskqueue.context import TaskContext
 from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome
 from taskqueue.sql import ClaimedTask
-from taskqueue.worker.executor import COMMITTED, DEAD, LOST, RETRY, SUCCEEDED, Outcome
+from taskqueue.worker.executor import COMMITTED, LOST, RETRY, SUCCEEDED, Outcome
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -22,20 +22,33 @@ class Finished:
     context: TaskContext | None
 
 
-def record(pending: list[Finished], written: list[Finished], worker_id: str) -> None:
+def record(
+    pending: list[Finished], written: list[Finished], dropped: list[Finished], worker_id: str
+) -> None:
     """Write outcomes: every success in one statement, failures one by one (they are rarer).
 
-    Each outcome moves from ``pending`` to ``written`` once its write has committed, so when
-    the database fails midway the caller knows exactly which ones must be written again.
+    Each outcome leaves ``pending`` once its write has committed: into ``written``, or into
+    ``dropped`` when the lease no longer held (someone else owns the task now). When the
+    database fails midway the caller knows exactly which ones must be written again.
     """
-    # Atomic handlers recorded their own completion; a lost claim has nothing to record.
     for item in [item for item in pending if item.outcome.kind in (COMMITTED, LOST)]:
-        written.append(item)
+        # An atomic handler recorded its own completion; a lost claim has nothing to record.
+        if item.outcome.kind == COMMITTED:
+            written.append(item)
+        else:
+            dropped.append(item)
+            logger.warning(
+                "dropped the outcome of task %s: %s",
+                item.task.id,
+                item.outcome.error,
+                extra={"task_id": str(item.task.id), "task_type": item.task.task_type},
+            )
         pending.remove(item)
     successes = [item for item in pending if item.outcome.kind == SUCCEEDED]
     if successes:
-        store.complete_tasks([(item.task, item.outcome.result) for item in successes])
-        written += successes
+        done = store.complete_tasks([(item.task, item.outcome.result) for item in successes])
+        for item in successes:
+            (written if item.task.id in done else dropped).append(item)
         pending[:] = [item for item in pending if item.outcome.kind != SUCCEEDED]
     while pending:
         item = pending[0]
@@ -48,10 +61,10 @@ def record(pending: list[Finished], written: list[Finished], worker_id: str) -> 
             "outcome": outcome.attempt_outcome,
         }
         if outcome.kind == RETRY:
-            store.retry_later(task, delay=outcome.delay, **failure)
-        elif outcome.kind == DEAD:
-            store.dead_letter(task, **failure)
-        written.append(pending.pop(0))
+            stored = store.retry_later(task, delay=outcome.delay, **failure)
+        else:
+            stored = store.dead_letter(task, **failure) is not None
+        (written if stored else dropped).append(pending.pop(0))
 
 
 def announce(item: Finished, worker_id: str) -> None:
@@ -60,14 +73,6 @@ def announce(item: Finished, worker_id: str) -> None:
     common = {"worker_id": worker_id, "duration": outcome.duration}
     if outcome.kind in (SUCCEEDED, COMMITTED):
         store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
-        return
-    if outcome.kind == LOST:
-        logger.warning(
-            "dropped the outcome of task %s: %s",
-            task.id,
-            outcome.error,
-            extra={"task_id": str(task.id), "task_type": task.task_type},
-        )
         return
     failure = {
         **common,

@@ -183,17 +183,28 @@ class ProcessPool:
     def _collect(self) -> None:
         try:
             while not self.closed:
-                with self.lock:
-                    by_conn = {child.conn: child for child in self.children}
-                ready = wait([*by_conn, self.wake_read], timeout=self._next_tick())
-                for source in ready:
-                    if source == self.wake_read:
-                        os.read(self.wake_read, 4096)
-                    else:
-                        self._receive(by_conn[source])  # type: ignore[index]
-                self._enforce_deadlines()
+                try:
+                    self._collect_once()
+                except Exception:
+                    # The collector must outlive any surprise (a failed spawn, say): without
+                    # it no outcome arrives and no deadline is enforced.
+                    logger.exception(
+                        "handler pool of worker %s hit an error; carrying on", self.worker_id
+                    )
+                    time.sleep(COLLECT_TICK)  # back off; nothing to wait on after a failure
         finally:
             connections.close_all()
+
+    def _collect_once(self) -> None:
+        with self.lock:
+            by_conn = {child.conn: child for child in self.children}
+        ready = wait([*by_conn, self.wake_read], timeout=self._next_tick())
+        for source in ready:
+            if source == self.wake_read:
+                os.read(self.wake_read, 4096)
+            else:
+                self._receive(by_conn[source])  # type: ignore[index]
+        self._enforce_deadlines()
 
     def _next_tick(self) -> float:
         now = time.monotonic()

@@ -21,6 +21,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(value)
+    return number
+
+
 def _non_negative_float(value: str) -> float:
     number = float(value)
     if number < 0:
@@ -43,7 +50,7 @@ class Command(BaseCommand):
         parser.add_argument("--id", dest="worker_id", help="Worker id (default: host:pid:random).")
         parser.add_argument(
             "--max-memory",
-            type=_non_negative_float,
+            type=_positive_float,
             metavar="MIB",
             help="Recycle a handler process (or the worker) holding more than this many MiB "
             "(default: TASKQUEUE['MAX_MEMORY'], no ceiling).",
