@@ -76,19 +76,29 @@ def run_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.Comp
 
 
 @pytest.fixture
-def start_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start long-running worker subprocesses; any left running are killed at teardown."""
+def start_worker(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start long-running worker subprocesses; any left running are killed at teardown.
+
+    Their output goes to files, not pipes: a pipe nobody reads fills up during a noisy
+    outage and blocks the worker's logging threads (heartbeats stop, and it is taken for
+    dead). ``finish_worker`` and ``worker_stderr_on_failure`` read the files.
+    """
     started: list[subprocess.Popen[str]] = []
 
-    def start(*args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            worker_command(*args),
-            env=worker_env(),
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    def start(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                worker_command(*args),
+                env={**worker_env(), **(extra_env or {})},
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        process.log_path = log_path  # type: ignore[attr-defined]
         started.append(process)
         return process
 
@@ -96,18 +106,28 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., subprocess.Po
     for process in started:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=30)
+        process.wait(timeout=30)
+
+
+def _output(process: subprocess.Popen[str]) -> str:
+    """What a worker started by ``start_worker`` has written so far."""
+    return process.log_path.read_text()  # type: ignore[attr-defined]
 
 
 def finish_worker(process: subprocess.Popen[str], timeout: float = 30.0) -> tuple[int, str, str]:
-    """Wait for a worker subprocess to exit; return its exit code, stdout and stderr."""
+    """Wait for a worker subprocess to exit; return its exit code, stdout and stderr.
+
+    For workers from ``start_worker`` both streams go to one file, returned as stderr.
+    """
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
-        stdout, stderr = process.communicate(timeout=30)
-        raise AssertionError(f"worker did not exit within {timeout} s:\n{stderr}") from None
-    return process.returncode, stdout, stderr
+        process.wait(timeout=30)
+        raise AssertionError(
+            f"worker did not exit within {timeout} s:\n{_output(process)}"
+        ) from None
+    return process.returncode, "", _output(process)
 
 
 @contextmanager
@@ -121,8 +141,24 @@ def worker_stderr_on_failure(*processes: subprocess.Popen[str]) -> Iterator[None
             if process.poll() is None:
                 process.kill()
             try:
-                _, stderr = process.communicate(timeout=10)
-            except (OSError, ValueError, subprocess.TimeoutExpired) as error:
+                process.wait(timeout=10)
+                stderr = _output(process)
+            except (OSError, subprocess.TimeoutExpired) as error:
                 stderr = f"(unavailable: {error})"
             reports.append(f"--- stderr of worker {process.pid} ---\n{stderr}")
         raise AssertionError("\n".join([str(exc), *reports])) from exc
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-nightly",
+        action="store_true",
+        help="Run the nightly kill -9 chaos test (long: 100,000 tasks by default).",
+    )
+    parser.addoption(
+        "--chaos-nightly-tasks",
+        type=int,
+        default=100_000,
+        metavar="TASKS",
+        help="Tasks in the nightly chaos test (default 100,000).",
+    )

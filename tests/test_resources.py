@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 import taskqueue
 from taskqueue.models import Task, TaskStatus
-from tests.conftest import REPO_ROOT, finish_worker, wait_for, worker_command, worker_env
+from tests.conftest import finish_worker, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,18 +55,10 @@ def test_the_worker_over_its_ceiling_finishes_what_it_holds_and_exits(run_worker
 
 
 @pytest.mark.slow
-def test_memory_stays_flat_with_debug_on() -> None:
+def test_memory_stays_flat_with_debug_on(start_worker) -> None:
     total, warm_up = 20_000, 4_000
     taskqueue.enqueue_many([("noop", {})] * total)
-    env = {**worker_env(), "TASKQUEUE_TEST_DEBUG": "1"}
-    worker = subprocess.Popen(
-        worker_command("--burst"),
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_worker("--burst", extra_env={"TASKQUEUE_TEST_DEBUG": "1"})
     try:
         done = lambda: Task.objects.filter(status=TaskStatus.COMPLETED).count()  # noqa: E731
         wait_for(lambda: done() >= warm_up, timeout=120, message="the warm-up")

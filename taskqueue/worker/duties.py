@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import connections
+from django.db.utils import InterfaceError, OperationalError
 
 logger = logging.getLogger("taskqueue.worker.duties")
 
@@ -53,9 +54,18 @@ class DutyThread(threading.Thread):
     def _run(self, duty: Duty) -> None:
         try:
             duty.run()
+        except (OperationalError, InterfaceError) as exc:
+            # The database is away: one line, not a traceback per duty per turn.
+            logger.warning(
+                "worker duty %r: database unavailable (%s); trying again in %g s",
+                duty.name,
+                str(exc).strip(),
+                duty.interval,
+            )
+            connections[self.using].close()
         except Exception:
             logger.warning(
-                "worker duty %r failed; trying again in %.0f s",
+                "worker duty %r failed; trying again in %g s",
                 duty.name,
                 duty.interval,
                 exc_info=True,

@@ -32,8 +32,9 @@ class ListenerThread(threading.Thread):
             while not self.stopped.is_set():
                 try:
                     self._listen()
-                    backoff = 0.1
                 except Exception as exc:
+                    if self.listening.is_set():
+                        backoff = 0.1  # it was working: this is a fresh outage, retry soon
                     self.listening.clear()
                     logger.warning("lost the LISTEN connection (%s); polling until it is back", exc)
                     connections[self.using].close()
