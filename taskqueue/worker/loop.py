@@ -112,8 +112,8 @@ class Worker:
             ],
             self.rng,
         )
+        duties.start()  # heartbeats go on while the handler processes start
         self.pool.start()
-        duties.start()
         listener = None
         if vendor(self.using) == "postgresql" and not self.config.burst:
             listener = ListenerThread(self.using, self.config.queues, self.wake)

@@ -64,6 +64,7 @@ class ProcessPool:
         self.lock = threading.RLock()
         self.rng = random.Random()
         self.closed = False
+        self.all_ready = threading.Event()
         self.wake_read, self.wake_write = os.pipe()
         self.collector = threading.Thread(
             target=self._collect, name="taskqueue-collector", daemon=True
@@ -72,9 +73,20 @@ class ProcessPool:
     # --- the HandlerPool interface ---------------------------------------------------------
 
     def start(self) -> None:
+        """Start the children and wait (up to START_TIMEOUT) until they can take tasks.
+
+        Claiming before then would hold tasks that no process can start yet, while another
+        worker might be free to run them.
+        """
         with self.lock:
             self.children = [self._spawn(slot) for slot in range(self.size)]
         self.collector.start()
+        if not self.all_ready.wait(START_TIMEOUT):
+            logger.warning(
+                "handler processes of worker %s were not all ready within %g s",
+                self.worker_id,
+                START_TIMEOUT,
+            )
 
     def submit(self, task: ClaimedTask) -> None:
         with self.lock:
@@ -225,6 +237,8 @@ class ProcessPool:
                 return
             if message["kind"] == "ready":
                 child.ready = True
+                if all(other.ready for other in self.children):
+                    self.all_ready.set()
                 self._dispatch()
                 return
             task, child.task, child.deadline = child.task, None, None
