@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,34 @@ def test_memory_stays_flat_with_debug_on(start_worker) -> None:
     # Logged queries alone would add tens of MiB over these tasks; allow allocator noise.
     assert all(delta < 8 for delta in growth.values()), growth
     assert worker.pid in after
+
+
+@pytest.mark.postgres_only
+def test_database_connections_per_worker_are_bounded(start_worker) -> None:
+    from django.db import connection
+
+    concurrency = 3
+    taskqueue.enqueue_many([("ledger", {"n": n}) for n in range(3_000)])
+    worker = start_worker("--concurrency", str(concurrency))
+
+    def sessions() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return cursor.fetchone()[0]
+
+    peak = 0
+
+    def finished() -> bool:
+        nonlocal peak
+        peak = max(peak, sessions())
+        return not Task.objects.exclude(status=TaskStatus.COMPLETED).exists()
+
+    wait_for(finished, timeout=120, interval=0.05, message="all tasks to complete")
+    worker.send_signal(signal.SIGTERM)
+    assert finish_worker(worker)[0] == 0
+    # One per handler process, plus the claim loop, the LISTEN thread and the side duties.
+    print(f"\npeak sessions of one worker with concurrency {concurrency}: {peak}")
+    assert concurrency <= peak <= concurrency + 3
