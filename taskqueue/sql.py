@@ -62,7 +62,8 @@ def db_now(using: str) -> datetime:
     return _as_datetime(value)
 
 
-_CLAIM_RETURNING = (
+# The columns a worker needs to run a claimed task (also what rescue reads).
+CLAIMED_COLUMNS = (
     "id",
     "task_type",
     "queue",
@@ -92,7 +93,7 @@ def claim_statement(
         f"AND queue IN ({placeholders}) ORDER BY priority DESC, run_at, created_at LIMIT %s"
     )
     if kind == "postgresql":
-        returning = ", ".join(f"t.{column}" for column in _CLAIM_RETURNING)
+        returning = ", ".join(f"t.{column}" for column in CLAIMED_COLUMNS)
         sql = (
             f"WITH due AS ({pick} FOR UPDATE SKIP LOCKED) "
             f"UPDATE {table} AS t SET status = '{_RUNNING}', attempts = t.attempts + 1, "
@@ -105,7 +106,7 @@ def claim_statement(
     sql = (
         f"UPDATE {table} SET status = '{_RUNNING}', attempts = attempts + 1, "
         f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
-        f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {', '.join(_CLAIM_RETURNING)}"
+        f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
     return sql, [worker_id, lease.hex, *queues, limit]
 

@@ -23,7 +23,7 @@ from taskqueue import signals
 from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
 from taskqueue.retry import next_delay, strategy_from_dict
-from taskqueue.sql import ClaimedTask
+from taskqueue.sql import CLAIMED_COLUMNS, ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.running import dead_letter, emit_for, retry_later
 
@@ -31,19 +31,6 @@ logger = logging.getLogger("taskqueue.store.rescue")
 
 LIVE_STATES = (WorkerStatus.RUNNING, WorkerStatus.STOPPING)
 RESCUE_BATCH = 500
-CLAIMED_FIELDS = (
-    "id",
-    "task_type",
-    "queue",
-    "payload",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "retry",
-    "timeout",
-    "lease_id",
-    "started_at",
-)
 WORKER_LOST = "WorkerLost"
 
 
@@ -94,7 +81,7 @@ def _rescue(
         rows = list(
             tasks.order_by("started_at")
             .select_for_update(skip_locked=skip_locked)[:RESCUE_BATCH]
-            .values(*CLAIMED_FIELDS, "claimed_by")
+            .values(*CLAIMED_COLUMNS, "lease_id", "claimed_by")
         )
         for row in rows:
             _rescue_one(row, rescuer, rng, result)
