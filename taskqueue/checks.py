@@ -125,6 +125,8 @@ def check_settings(
         "STALE_AFTER",
         "RESCUE_INTERVAL",
         "DEFAULT_TIMEOUT",
+        "CANCEL_GRACE",
+        "SCHEDULE_GRACE",
     ):
         if name in raw:
             messages += _positive(name, raw[name])

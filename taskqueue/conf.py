@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_TIMEOUT": 1800,
     "MAX_PAYLOAD_BYTES": 1048576,
     "MAX_MEMORY": None,  # MiB per process; over it a handler process or the worker recycles
+    "CANCEL_GRACE": 10,  # seconds a running task has to stop after a cancel before it is killed
+    "SCHEDULE_GRACE": 600,  # seconds after its slot by which a scheduled run must succeed
     "SCHEDULES": {},
     "RETENTION": {
         "completed": 7 * 86400,

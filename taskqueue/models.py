@@ -109,6 +109,27 @@ class Task(models.Model):
     # worker that lost its claim cannot overwrite the new owner's outcome.
     lease_id = models.UUIDField(_("lease"), null=True, blank=True, editable=False)
     cancel_requested = models.BooleanField(_("cancel requested"), default=False)
+    # Workflows: the run this task belongs to, and whether other tasks wait on it (so the
+    # completion path looks for dependents only when there are some).
+    workflow = models.ForeignKey(
+        "Workflow",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        verbose_name=_("workflow"),
+    )
+    has_dependents = models.BooleanField(_("has dependents"), default=False)
+    # Recurring tasks: the schedule that fired this task and the slot it fired for.
+    schedule = models.ForeignKey(
+        "Schedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        verbose_name=_("schedule"),
+    )
+    schedule_slot = models.DateTimeField(_("schedule slot"), null=True, blank=True)
 
     objects = TaskQuerySet.as_manager()
 
@@ -137,12 +158,24 @@ class Task(models.Model):
                 condition=Q(status__in=FINISHED_STATES),
             ),
             models.Index(fields=["created_at"], name="taskqueue_task_created_idx"),
+            # Tasks blocked on dependencies, for the sweep that releases any a race left behind.
+            models.Index(
+                fields=["created_at"],
+                name="taskqueue_task_waiting_idx",
+                condition=Q(status=TaskStatus.WAITING),
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
                 fields=["idempotency_key"],
                 name="taskqueue_task_idempotency_key_unfinished",
                 condition=Q(idempotency_key__isnull=False) & Q(status__in=UNFINISHED_STATES),
+            ),
+            # Each slot of a schedule fires once, however many workers race for it.
+            models.UniqueConstraint(
+                fields=["schedule", "schedule_slot"],
+                name="taskqueue_task_schedule_slot_unique",
+                condition=Q(schedule__isnull=False) & Q(schedule_slot__isnull=False),
             ),
         ]
 
@@ -163,6 +196,8 @@ class TaskDependency(models.Model):
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
     depends_on = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    # The order ``depends_on`` was given in: upstream results reach the handler in it.
+    position = models.PositiveIntegerField(_("position"), default=0)
 
     class Meta:
         verbose_name = _("task dependency")
@@ -284,6 +319,14 @@ class TaskType(models.Model):
     )
     circuit_opened_at = models.DateTimeField(_("circuit opened at"), null=True, blank=True)
     consecutive_failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    # Circuit breaker settings from the handler (NULL threshold: no breaker).
+    circuit_threshold = models.PositiveIntegerField(
+        _("circuit opens after (failures)"), null=True, blank=True
+    )
+    circuit_cooldown = models.FloatField(_("circuit cool-down (seconds)"), null=True, blank=True)
+    # Rate limit token bucket, shared by every worker through this row.
+    rate_tokens = models.FloatField(_("rate tokens"), null=True, blank=True)
+    rate_updated_at = models.DateTimeField(_("rate tokens counted at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
     updated_at = models.DateTimeField(_("updated at"), db_default=Now())
     last_seen_at = models.DateTimeField(_("last seen at"), null=True, blank=True)
@@ -331,3 +374,89 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class Workflow(models.Model):
+    """Tasks enqueued together by ``chain``/``group``: shown and cancelled as one unit."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(_("name"), max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+
+    class Meta:
+        verbose_name = _("workflow")
+        verbose_name_plural = _("workflows")
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return self.name or str(self.id)
+
+
+class ScheduleSource(models.TextChoices):
+    CODE = "code", _("Code (@periodic)")
+    SETTINGS = "settings", _("Settings (SCHEDULES)")
+    ADMIN = "admin", _("Admin")
+
+
+class CatchUp(models.TextChoices):
+    ONCE = "once", _("Once, for the latest missed slot")
+    ALL = "all", _("Every missed slot")
+    SKIP = "skip", _("Skip missed slots")
+
+
+class Schedule(models.Model):
+    """A recurring task: a cron expression in a time zone, and what to enqueue each slot."""
+
+    name = models.CharField(_("name"), max_length=200, unique=True)
+    task_type = models.CharField(_("task type"), max_length=200)
+    cron = models.CharField(_("cron expression"), max_length=120)
+    timezone = models.CharField(_("time zone"), max_length=64, default="UTC")
+    payload = models.JSONField(_("payload"), default=dict, blank=True)
+    queue = models.CharField(_("queue"), max_length=100, blank=True, default="")
+    priority = models.SmallIntegerField(_("priority"), null=True, blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    source = models.CharField(
+        _("defined in"), max_length=16, choices=ScheduleSource.choices, default=ScheduleSource.ADMIN
+    )
+    catch_up = models.CharField(
+        _("after downtime"), max_length=8, choices=CatchUp.choices, default=CatchUp.ONCE
+    )
+    # Seconds after a slot by which its run must have succeeded (NULL: SCHEDULE_GRACE).
+    grace = models.FloatField(_("grace (seconds)"), null=True, blank=True)
+    heartbeat_url = models.URLField(_("heartbeat URL"), max_length=500, blank=True, default="")
+    description = models.TextField(_("description"), blank=True, default="")
+    next_run_at = models.DateTimeField(_("next run at"), null=True, blank=True)
+    last_slot = models.DateTimeField(_("last slot fired"), null=True, blank=True)
+    last_fired_at = models.DateTimeField(_("last fired at"), null=True, blank=True)
+    last_task = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("last task"),
+    )
+    last_success_at = models.DateTimeField(_("last success at"), null=True, blank=True)
+    # Set when the schedule was reported late (signal sent once); cleared by a success.
+    late_since = models.DateTimeField(_("late since"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("schedule")
+        verbose_name_plural = _("schedules")
+        ordering = ("name",)
+        indexes = [
+            models.Index(fields=["enabled", "next_run_at"], name="taskqueue_schedule_due_idx")
+        ]
+
+    def __str__(self) -> str:
+        return self.name

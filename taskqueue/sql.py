@@ -141,12 +141,22 @@ def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list
     return claimed
 
 
+@dataclass(frozen=True, slots=True)
+class CompletedRow:
+    """A task the completion statement marked completed, with what follows from it."""
+
+    id: uuid.UUID
+    task_type: str
+    has_dependents: bool
+    schedule_id: int | None
+
+
 def complete_batch(
     using: str, completions: list[tuple[uuid.UUID, uuid.UUID, Any]]
-) -> set[uuid.UUID]:
-    """Mark (id, lease, result) triples completed; return the ids whose lease still held."""
+) -> list[CompletedRow]:
+    """Mark (id, lease, result) triples completed; return the rows whose lease still held."""
     if not completions:
-        return set()
+        return []
     kind = vendor(using)
     table = Task._meta.db_table
     now = _NOW[kind]
@@ -157,7 +167,7 @@ def complete_batch(
             f"completed_at = {now}, updated_at = {now} "
             f"FROM (VALUES {values}) AS v(id, lease_id, result) "
             f"WHERE t.id = v.id AND t.lease_id = v.lease_id AND t.status = '{_RUNNING}' "
-            f"RETURNING t.id"
+            f"RETURNING t.id, t.task_type, t.has_dependents, t.schedule_id"
         )
         params: list[Any] = []
         for task_id, lease, result in completions:
@@ -169,14 +179,18 @@ def complete_batch(
             f"UPDATE {table} SET status = '{_COMPLETED}', result = v.result, "
             f"completed_at = {now}, updated_at = {now} FROM v "
             f"WHERE {table}.id = v.id AND {table}.lease_id = v.lease_id "
-            f"AND {table}.status = '{_RUNNING}' RETURNING {table}.id"
+            f"AND {table}.status = '{_RUNNING}' "
+            f"RETURNING {table}.id, {table}.task_type, {table}.has_dependents, {table}.schedule_id"
         )
         params = []
         for task_id, lease, result in completions:
             params += [task_id.hex, lease.hex, _dump(result)]
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
-        return {_as_uuid(row[0]) for row in cursor.fetchall()}
+        return [
+            CompletedRow(_as_uuid(row[0]), row[1], bool(row[2]), row[3])
+            for row in cursor.fetchall()
+        ]
 
 
 def notify(using: str, queues: set[str] | list[str]) -> None:

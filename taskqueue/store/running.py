@@ -24,6 +24,7 @@ from taskqueue.models import (
     TaskStatus,
 )
 from taskqueue.sql import ClaimedTask
+from taskqueue.store import flow, schedules, workflows
 from taskqueue.store.common import database_alias
 
 logger = logging.getLogger("taskqueue.store")
@@ -36,9 +37,13 @@ def claim_due_tasks(worker_id: str, queues: list[str], limit: int) -> list[Claim
 
 def complete_tasks(completions: list[tuple[ClaimedTask, Any]]) -> set[uuid.UUID]:
     """Record successful results in one statement; return the ids actually completed."""
-    done = sql.complete_batch(
-        database_alias(), [(task.id, task.lease_id, result) for task, result in completions]
-    )
+    using = database_alias()
+    with transaction.atomic(using=using):
+        rows = sql.complete_batch(
+            using, [(task.id, task.lease_id, result) for task, result in completions]
+        )
+        _after_completion(using, rows)
+    done = {row.id for row in rows}
     for task, _ in completions:
         if task.id not in done:
             _log_lost_lease(task, "completion")
@@ -47,11 +52,34 @@ def complete_tasks(completions: list[tuple[ClaimedTask, Any]]) -> set[uuid.UUID]
 
 def complete_one(task: ClaimedTask, result: Any) -> bool:
     """Complete one task, fenced by its lease (atomic handlers call this in their transaction)."""
-    return bool(
-        _claimed(task, database_alias()).update(
-            status=TaskStatus.COMPLETED, result=result, completed_at=Now(), updated_at=Now()
-        )
+    using = database_alias()
+    row = (
+        _claimed(task, using)
+        .select_for_update()
+        .values_list("task_type", "has_dependents", "schedule_id")
+        .first()
     )
+    if row is None:
+        return False
+    _claimed(task, using).update(
+        status=TaskStatus.COMPLETED, result=result, completed_at=Now(), updated_at=Now()
+    )
+    _after_completion(using, [sql.CompletedRow(task.id, *row)])
+    return True
+
+
+def _after_completion(using: str, rows: list[sql.CompletedRow]) -> None:
+    """What a completion sets off, in the completion's transaction: dependents become
+    ready, schedules record their success, circuit breakers count it."""
+    if not rows:
+        return
+    upstream = [row.id for row in rows if row.has_dependents]
+    if upstream:
+        workflows.release_dependents(using, upstream)
+    schedule_ids = sorted({row.schedule_id for row in rows if row.schedule_id is not None})
+    if schedule_ids:
+        schedules.record_successes(using, schedule_ids)
+    flow.record_successes(using, sorted({row.task_type for row in rows}))
 
 
 def _log_lost_lease(task: ClaimedTask, what: str) -> None:
@@ -92,6 +120,8 @@ def _fail_claimed(
     if not updated:
         _log_lost_lease(task, what)
         return False
+    if outcome in (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT):
+        flow.record_failure(using, task.task_type)
     TaskAttempt.objects.using(using).create(
         task_id=task.id,
         number=task.attempts,

@@ -28,7 +28,9 @@ from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
+from taskqueue.worker.cancelling import CancelWatch
 from taskqueue.worker.duties import Duty, DutyThread
+from taskqueue.worker.gates import Gates
 from taskqueue.worker.listener import ListenerThread
 from taskqueue.worker.memory import over_ceiling, resident_mib
 from taskqueue.worker.outcomes import Finished
@@ -64,6 +66,7 @@ class WorkerConfig:
     max_tasks: int | None = None
     pool: str = "processes"
     max_memory: float | None = None  # MiB per process
+    cancel_grace: float = 10.0
 
 
 class Worker:
@@ -91,6 +94,8 @@ class Worker:
         self.signals_received = 0
         self.recycle_reason = ""
         self.stranded_handlers = False  # handler threads still running that cannot be stopped
+        self.gates = Gates(self.using, config.poll_interval)
+        self.cancel_watch = CancelWatch(config.cancel_grace)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -148,6 +153,7 @@ class Worker:
             self.wake()  # some may be due at once: claim them
 
     def wake(self) -> None:
+        self.gates.woken()
         self.wake_event.set()
 
     def _install_signal_handlers(self) -> None:
@@ -192,10 +198,15 @@ class Worker:
     def _flush_and_claim(self) -> tuple[bool, int]:
         """Record finished outcomes, then claim more: (tried to claim, claimed)."""
         self._flush_finished()
+        self.cancel_watch.check(self.in_hand, self.pool)
         free = self._free_slots()
         if free == 0:
             return False, 0
         claimed = store.claim_due_tasks(self.config.worker_id, self.config.queues, free)
+        if len(claimed) < free:
+            claimed += self.gates.claim(
+                self.config.worker_id, self.config.queues, free - len(claimed)
+            )
         self._dispatch(claimed)
         # DEBUG=True logs every query on this long-lived connection: keep memory flat.
         connections[self.using].queries_log.clear()
@@ -229,6 +240,7 @@ class Worker:
         if claimed_any and self._free_slots() > 0:
             return  # more may be due right now: claim again without sleeping
         timeout = FLUSH_INTERVAL if self.in_hand else self.config.poll_interval
+        timeout = min(timeout, max(self.gates.seconds_until_next(), 0.0))
         self.wake_event.wait(timeout)
         self.wake_event.clear()
 

@@ -110,6 +110,7 @@ class Command(BaseCommand):
             heartbeat_interval=float(tq_settings.HEARTBEAT_INTERVAL),
             rescue_interval=float(tq_settings.RESCUE_INTERVAL),
             stale_after=float(tq_settings.STALE_AFTER),
+            cancel_grace=float(tq_settings.CANCEL_GRACE),
             burst=options["burst"],
             max_tasks=options["max_tasks"],
             pool=options["pool"] or tq_settings.POOL,
