@@ -21,10 +21,13 @@ from taskqueue.exceptions import (
     UnknownTaskType,
 )
 from taskqueue.handlers import TaskHandler, handler, register
+from taskqueue.registry import CircuitBreaker
 from taskqueue.retry import Exponential, Fixed, Linear, NoRetry, RetryStrategy
+from taskqueue.schedules.declarations import periodic
 
 if TYPE_CHECKING:
     from taskqueue.store import cancel, enqueue, enqueue_many
+    from taskqueue.workflows import chain, group, step
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,9 @@ _LAZY: dict[str, str] = {
     "enqueue": "taskqueue.store",
     "enqueue_many": "taskqueue.store",
     "cancel": "taskqueue.store",
+    "chain": "taskqueue.workflows",
+    "group": "taskqueue.workflows",
+    "step": "taskqueue.workflows",
 }
 
 
@@ -45,6 +51,7 @@ def __getattr__(name: str) -> Callable[..., Any]:
 
 
 __all__ = [
+    "CircuitBreaker",
     "Exponential",
     "Fixed",
     "InvalidPayload",
@@ -60,8 +67,12 @@ __all__ = [
     "TaskqueueError",
     "UnknownTaskType",
     "cancel",
+    "chain",
     "enqueue",
     "enqueue_many",
+    "group",
     "handler",
+    "periodic",
     "register",
+    "step",
 ]

@@ -12,5 +12,8 @@ class TaskqueueConfig(AppConfig):
         # Like admin.py: every installed app's tasks.py registers its handlers. No database
         # work here.
         from taskqueue import checks  # noqa: F401 - registers the system checks
+        from taskqueue.retention import register_retention
 
+        # Built in, so every worker serves it whatever the project's own handlers are.
+        register_retention()
         autodiscover_modules("tasks")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from croniter import croniter
 from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
@@ -58,6 +57,9 @@ def check_settings(
                     hint=f"Known keys: {', '.join(sorted(DEFAULTS[name]))}.",
                 )
             )
+        if name == "RETENTION":
+            messages += _check_retention(value)
+            continue
         for key, number in value.items():
             if key in DEFAULTS[name]:
                 messages += _positive(f"{name}'][{key!r}", number)
@@ -158,27 +160,75 @@ def check_settings(
     return messages
 
 
-def _check_schedules(schedules: Any) -> list[CheckMessage]:
-    if not isinstance(schedules, dict):
-        return [
-            _error("TASKQUEUE['SCHEDULES'] must be a dict of name to schedule.", "taskqueue.E004")
-        ]
+RETENTION_AGES = ("completed", "cancelled", "reviewed_dead", "workers")
+
+
+def _check_retention(retention: dict[str, Any]) -> list[CheckMessage]:
+    """Ages are seconds or None (keep forever); batch_size a positive integer; cron valid
+    or None (no built-in schedule)."""
     messages: list[CheckMessage] = []
-    for name, entry in schedules.items():
-        where = f"TASKQUEUE['SCHEDULES'][{name!r}]"
-        if not isinstance(entry, dict) or "task" not in entry or "cron" not in entry:
-            messages.append(
-                _error(f"{where} must be a dict with 'task' and 'cron'.", "taskqueue.E004")
-            )
-            continue
-        cron = entry["cron"]
-        if not isinstance(cron, str) or not croniter.is_valid(cron):
+    for key in RETENTION_AGES:
+        value = retention.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
             messages.append(
                 _error(
-                    f"{where} has an invalid cron expression {cron!r}.",
-                    "taskqueue.E004",
-                    hint="Use five fields (minute hour day month weekday), "
-                    "optionally a sixth for seconds.",
+                    f"TASKQUEUE['RETENTION'][{key!r}] must be a positive number of seconds "
+                    f"or None (keep forever), got {value!r}.",
+                    "taskqueue.E002",
                 )
             )
+    size = retention.get("batch_size", DEFAULTS["RETENTION"]["batch_size"])
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        messages.append(
+            _error(
+                f"TASKQUEUE['RETENTION']['batch_size'] must be a positive integer, got {size!r}.",
+                "taskqueue.E002",
+            )
+        )
+    cron = retention.get("cron", DEFAULTS["RETENTION"]["cron"])
+    if cron is not None:  # None: no built-in schedule, the project runs taskqueue_prune
+        from taskqueue.schedules.cron import FIELDS_HINT, CronError, validate_cron
+
+        try:
+            validate_cron(cron)
+        except CronError as exc:
+            messages.append(
+                _error(
+                    f"TASKQUEUE['RETENTION']['cron'] is not a valid cron expression: {exc}.",
+                    "taskqueue.E002",
+                    hint=f"Use None to run no built-in schedule, or {FIELDS_HINT}.",
+                )
+            )
+    return messages
+
+
+def _check_schedules(schedules: Any) -> list[CheckMessage]:
+    """Every settings schedule is valid and names a registered task; @periodic is bound."""
+    from taskqueue.schedules.cron import FIELDS_HINT
+    from taskqueue.schedules.declarations import declarations, declared_schedules
+
+    messages: list[CheckMessage] = []
+    _, problems = declared_schedules(schedules, check_tasks=True)
+    for name, problem in problems:
+        where = f"TASKQUEUE['SCHEDULES'][{name!r}]" if name else "TASKQUEUE['SCHEDULES']"
+        if name and name not in (schedules if isinstance(schedules, dict) else {}):
+            where = f"Schedule {name!r}"
+        messages.append(
+            _error(
+                f"{where} {problem}.",
+                "taskqueue.E004",
+                hint=FIELDS_HINT if "cron" in problem else None,
+            )
+        )
+    for func in declarations.pending():
+        where = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+        messages.append(
+            _error(
+                f"{where} has @taskqueue.periodic but is not registered as a handler.",
+                "taskqueue.E004",
+                hint="Add @taskqueue.handler(...) to it, or register it with taskqueue.register().",
+            )
+        )
     return messages

@@ -28,10 +28,15 @@ DEFAULTS: dict[str, Any] = {
     "CANCEL_GRACE": 10,  # seconds a running task has to stop after a cancel before it is killed
     "SCHEDULE_GRACE": 600,  # seconds after its slot by which a scheduled run must succeed
     "SCHEDULES": {},
+    # Ages in seconds (None keeps forever), pruned by the built-in "taskqueue-retention"
+    # schedule in batches of batch_size rows.
     "RETENTION": {
         "completed": 7 * 86400,
         "cancelled": 7 * 86400,
         "reviewed_dead": 30 * 86400,
+        "workers": 7 * 86400,
+        "cron": "*/15 * * * *",
+        "batch_size": 1000,
     },
     "HEALTH": {
         "MAX_PENDING": 1000,

@@ -27,6 +27,7 @@ class TaskContext:
     _pending_progress: tuple[float, str] | None = field(default=None, repr=False)
     _cancel_checked_at: float = field(default=0.0, repr=False)
     _cancel_requested: bool = field(default=False, repr=False)
+    _upstream_results: list[Any] | None = field(default=None, repr=False)
 
     @property
     def is_last_attempt(self) -> bool:
@@ -66,6 +67,16 @@ class TaskContext:
             self._cancel_checked_at = now
             self._cancel_requested = store.is_cancel_requested(self.task_id)
         return self._cancel_requested
+
+    @property
+    def upstream_results(self) -> list[Any]:
+        """Results of the tasks this one waited on (``depends_on``, chain, group), in the
+        order they were given; read from the database on first use."""
+        if self._upstream_results is None:
+            from taskqueue.store.workflows import upstream_results
+
+            self._upstream_results = upstream_results(self.task_id)
+        return self._upstream_results
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from taskqueue.registry import HandlerSpec, build_spec, registry
 
 if TYPE_CHECKING:
     from taskqueue.models import Task
+    from taskqueue.workflows import Step
 
 
 class TaskHandler:
@@ -34,6 +35,13 @@ class TaskHandler:
 
         return enqueue(self.spec.name, payload, **dict(_options or {}))
 
+    def step(self, _options: Mapping[str, Any] | None = None, /, **payload: Any) -> Step:
+        """A workflow step of this type for ``taskqueue.chain``/``group``; options as in
+        ``enqueue``."""
+        from taskqueue.workflows import Step
+
+        return Step(self.spec.name, payload, dict(_options or {}))
+
     def enqueue_many(self, payloads: Iterable[Mapping[str, Any]], **options: Any) -> list[Task]:
         """Enqueue one task of this type per payload, in one transaction."""
         from taskqueue.store import enqueue_many
@@ -48,7 +56,12 @@ def register(name: str, func: Callable[..., Any], **options: Any) -> TaskHandler
     """Register ``func`` as the handler of task type ``name`` (for ``AppConfig.ready()``)."""
     if isinstance(func, TaskHandler):
         func = func.spec.func
-    return TaskHandler(registry.add(build_spec(name, func, **options)))
+    registered = TaskHandler(registry.add(build_spec(name, func, **options)))
+    # @taskqueue.periodic placed below @handler could not name the task type until now.
+    from taskqueue.schedules.declarations import bind_handler
+
+    bind_handler(registered)
+    return registered
 
 
 def handler(name: str | None = None, **options: Any) -> Callable[[Callable[..., Any]], TaskHandler]:

@@ -22,7 +22,8 @@ from taskqueue.retry import RetryStrategy
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-RATE_PATTERN = re.compile(r"^\d+/(s|m|h|d)$")
+# A positive count per second, minute, hour or day ("0/m" would be a pause: use pause).
+RATE_PATTERN = re.compile(r"^[1-9]\d*/(s|m|h|d)$")
 
 
 def validate_queue_name(queue: Any) -> str:
@@ -47,6 +48,35 @@ def validate_timeout(value: Any) -> float:
 
 
 @dataclass(frozen=True)
+class CircuitBreaker:
+    """Hold a task type back for ``cooldown`` seconds after ``failures`` failures in a row."""
+
+    failures: int = 5
+    cooldown: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.failures, bool)
+            or not isinstance(self.failures, int)
+            or self.failures < 1
+        ):
+            raise InvalidTaskOption(
+                f"CircuitBreaker failures must be a positive integer, got {self.failures!r}"
+            )
+        if (
+            isinstance(self.cooldown, bool)
+            or not isinstance(self.cooldown, int | float)
+            or not self.cooldown > 0
+            or self.cooldown == float("inf")
+        ):
+            raise InvalidTaskOption(
+                "CircuitBreaker cooldown must be a positive number of seconds, "
+                f"got {self.cooldown!r}"
+            )
+        object.__setattr__(self, "cooldown", float(self.cooldown))
+
+
+@dataclass(frozen=True)
 class HandlerSpec:
     """Everything known about one task type: the function and its defaults."""
 
@@ -59,6 +89,7 @@ class HandlerSpec:
     timeout: float | None = None
     rate_limit: str | None = None
     concurrency_limit: int | None = None
+    circuit_breaker: CircuitBreaker | None = None
     critical: bool = False
     description: str = ""
     takes_context: bool = False
@@ -112,6 +143,12 @@ def build_spec(name: str, func: Callable[..., Any], **options: Any) -> HandlerSp
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
         ):
             raise InvalidTaskOption(f"concurrency_limit must be a positive integer, got {limit!r}")
+        breaker = options.get("circuit_breaker")
+        if breaker is not None and not isinstance(breaker, CircuitBreaker):
+            raise InvalidTaskOption(
+                "circuit_breaker must be taskqueue.CircuitBreaker(failures=..., cooldown=...), "
+                f"got {breaker!r}"
+            )
     except InvalidTaskOption as exc:
         raise ImproperlyConfigured(f"handler {name!r}: {exc}") from None
     if options.get("atomic") and inspect.iscoroutinefunction(func):

@@ -15,12 +15,20 @@ from typing import Any
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
-from taskqueue.models import READY_STATES, Task, TaskStatus
+from taskqueue.models import READY_STATES, CircuitState, Task, TaskStatus, TaskType
 
 NOTIFY_CHANNEL = "taskqueue"
 _READY = ", ".join(f"'{state.value}'" for state in READY_STATES)
 _RUNNING = TaskStatus.RUNNING.value
 _COMPLETED = TaskStatus.COMPLETED.value
+# Task types under flow control: the main claim leaves them to the gated claim
+# (taskqueue.store.flow), which takes each type's row lock and counts its limits. Read in the
+# claim statement itself, so a pause or an opened circuit holds from the next claim on.
+_GATED_TYPES = (
+    f"SELECT name FROM {TaskType._meta.db_table} WHERE paused "
+    f"OR circuit_state <> '{CircuitState.CLOSED.value}' OR rate_limit <> '' "
+    "OR concurrency_limit IS NOT NULL"
+)
 _NOW = {
     "postgresql": "statement_timestamp()",
     # SQLite's clock has milliseconds; Django writes microseconds. Padding to six digits
@@ -78,19 +86,31 @@ CLAIMED_COLUMNS = (
 
 
 def claim_statement(
-    using: str, worker_id: str, queues: list[str], limit: int, lease: uuid.UUID
+    using: str,
+    worker_id: str,
+    queues: list[str],
+    limit: int,
+    lease: uuid.UUID,
+    task_type: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """Return the claim statement and its parameters (also used to EXPLAIN it in tests)."""
+    """Return the claim statement and its parameters (also used to EXPLAIN it in tests).
+
+    Without ``task_type``: every type not under flow control. With it: that type only (the
+    gated claim, which has checked the type's limits under its row lock).
+    """
     kind = vendor(using)
     table = Task._meta.db_table
     now = _NOW[kind]
     placeholders = ", ".join(["%s"] * len(queues))
+    type_filter = f"NOT IN ({_GATED_TYPES})" if task_type is None else "= %s"
+    pick_params: list[Any] = [*queues] if task_type is None else [*queues, task_type]
     # One statement: pick due ids in the partial index's order, skip rows another worker is
     # locking right now, and mark them ours. The attempt is counted here, at claim, so a
     # task that kills its worker still runs out of attempts.
     pick = (
         f"SELECT id FROM {table} WHERE status IN ({_READY}) AND run_at <= {now} "
-        f"AND queue IN ({placeholders}) ORDER BY priority DESC, run_at, created_at LIMIT %s"
+        f"AND queue IN ({placeholders}) AND task_type {type_filter} "
+        "ORDER BY priority DESC, run_at, created_at LIMIT %s"
     )
     if kind == "postgresql":
         returning = ", ".join(f"t.{column}" for column in CLAIMED_COLUMNS)
@@ -100,7 +120,7 @@ def claim_statement(
             f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
             f"cancel_requested = false FROM due WHERE t.id = due.id RETURNING {returning}"
         )
-        return sql, [*queues, limit, worker_id, lease]
+        return sql, [*pick_params, limit, worker_id, lease]
     # SQLite has one writer at a time: the UPDATE takes the write lock before its subquery
     # reads, so two workers can never pick the same row.
     sql = (
@@ -108,15 +128,17 @@ def claim_statement(
         f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
         f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
-    return sql, [worker_id, lease.hex, *queues, limit]
+    return sql, [worker_id, lease.hex, *pick_params, limit]
 
 
-def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list[ClaimedTask]:
+def claim_due(
+    using: str, worker_id: str, queues: list[str], limit: int, task_type: str | None = None
+) -> list[ClaimedTask]:
     """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt."""
     if limit <= 0 or not queues:
         return []
     lease = uuid.uuid4()
-    sql, params = claim_statement(using, worker_id, queues, limit, lease)
+    sql, params = claim_statement(using, worker_id, queues, limit, lease, task_type)
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -139,6 +161,44 @@ def claim_due(using: str, worker_id: str, queues: list[str], limit: int) -> list
     # RETURNING does not promise an order; run the batch in claim order.
     claimed.sort(key=lambda task: -task.priority)
     return claimed
+
+
+# What the gated claim reads of a task type, under the type's lock.
+TYPE_CONTROL_COLUMNS = (
+    "paused",
+    "rate_limit",
+    "concurrency_limit",
+    "circuit_state",
+    "circuit_opened_at",
+    "circuit_cooldown",
+    "rate_tokens",
+    "rate_updated_at",
+)
+
+
+def lock_task_type(using: str, name: str) -> dict[str, Any] | None:
+    """Lock ``name``'s TaskType row until the transaction ends; return its flow-control
+    columns and the database clock as ``now`` (None when there is no such row).
+    """
+    kind = vendor(using)
+    # A no-op write rather than SELECT ... FOR UPDATE: SQLite has no row locks, but any
+    # UPDATE takes its database write lock, and on PostgreSQL it takes the row lock. Either
+    # way every other gated claim of this type waits until this transaction ends.
+    sql = (
+        f"UPDATE {TaskType._meta.db_table} SET paused = paused WHERE name = %s "
+        f"RETURNING {', '.join(TYPE_CONTROL_COLUMNS)}, {_NOW[kind]}"
+    )
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, [name])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = dict(zip((*TYPE_CONTROL_COLUMNS, "now"), row, strict=True))
+    values["paused"] = bool(values["paused"])
+    for column in ("circuit_opened_at", "rate_updated_at", "now"):
+        if values[column] is not None:
+            values[column] = _as_datetime(values[column])
+    return values
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,11 @@ TASKQUEUE = {
     "STALE_AFTER": 3,
     "RESCUE_INTERVAL": 0.5,
     "SHUTDOWN_TIMEOUT": 10,
+    # Cancellation tests give the worker subprocesses a short grace through the environment.
+    "CANCEL_GRACE": float(os.environ.get("TASKQUEUE_TEST_CANCEL_GRACE", "10")),
+    # No built-in retention schedule: it would fire a prune task into tests that count
+    # tasks exactly whenever one crosses a quarter hour (tests/test_retention.py turns it on).
+    "RETENTION": {"cron": None},
 }
 
 LOGGING = {

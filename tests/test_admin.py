@@ -250,7 +250,8 @@ def test_task_type_and_worker_pages_are_read_only(admin_client: Any) -> None:
     assert task_type.paused is False
     assert Worker.objects.get().concurrency == 2
     listing = admin_client.get(reverse("admin:taskqueue_tasktype_changelist"))
-    assert action_names(listing) == set()
+    # Pause, resume and reset circuit are the only actions (tests/test_admin_task_types.py).
+    assert action_names(listing) == {"pause_task_types", "resume_task_types", "reset_circuits"}
 
 
 def test_worker_is_alive_only_while_running_with_a_fresh_heartbeat(admin_client: Any) -> None:

@@ -31,8 +31,17 @@ def test_defaults_match_the_documented_contract() -> None:
         "DEFAULT_TIMEOUT": 1800,
         "MAX_PAYLOAD_BYTES": 1048576,
         "MAX_MEMORY": None,
+        "CANCEL_GRACE": 10,
+        "SCHEDULE_GRACE": 600,
         "SCHEDULES": {},
-        "RETENTION": {"completed": 604800, "cancelled": 604800, "reviewed_dead": 2592000},
+        "RETENTION": {
+            "completed": 604800,
+            "cancelled": 604800,
+            "reviewed_dead": 2592000,
+            "workers": 604800,
+            "cron": "*/15 * * * *",
+            "batch_size": 1000,
+        },
         "HEALTH": {"MAX_PENDING": 1000, "MAX_OLDEST_PENDING": 1800, "MAX_DEAD_UNREVIEWED": 10},
     }
     assert MERGED_DICTS == {"RETENTION", "HEALTH"}
@@ -78,6 +87,9 @@ def test_retention_override_example() -> None:
             "completed": 60,
             "cancelled": 604800,
             "reviewed_dead": 2592000,
+            "workers": 604800,
+            "cron": "*/15 * * * *",
+            "batch_size": 1000,
         }
     with override_settings(TASKQUEUE={"HEALTH": {"MAX_PENDING": 5}}):
         assert tq_settings.HEALTH == {

@@ -248,3 +248,17 @@ def test_rescue_sends_the_failure_signals() -> None:
         ):
             signal_.disconnect(receiver)
     assert sorted(seen) == ["dead_lettered", "failed", "failed", "retry_scheduled"]
+
+
+def test_a_rescued_task_with_a_cancel_request_ends_cancelled_not_run_again() -> None:
+    Worker.objects.create(
+        id="silent", hostname="h", pid=2, concurrency=1, last_heartbeat=Now() - timedelta(minutes=5)
+    )
+    task = _running_for("silent")
+    assert taskqueue.cancel(task) is False  # running: only a request
+    result = store.rescue_stale_tasks(60, "rescuer", random.Random(0))
+    assert result.cancelled == [task.id]
+    assert result.retried == []
+    row = Task.objects.get(pk=task.pk)
+    assert row.status == TaskStatus.CANCELLED
+    assert "stopped heartbeating" in row.last_error

@@ -3,6 +3,6 @@
 ``admin.autodiscover()`` imports this package; importing the modules registers them.
 """
 
-from taskqueue.admin import dead_letters, task_types, tasks, workers
+from taskqueue.admin import dead_letters, schedules, task_types, tasks, workers, workflows
 
-__all__ = ["dead_letters", "task_types", "tasks", "workers"]
+__all__ = ["dead_letters", "schedules", "task_types", "tasks", "workers", "workflows"]

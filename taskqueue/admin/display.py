@@ -79,6 +79,16 @@ def progress_bar(progress: float | None, message: str = "") -> SafeString | str:
     )
 
 
+def progress_summary(progress: float | None, message: str = "") -> SafeString | str:
+    """Render progress for a list row: the bar, its percentage and the message, shortened."""
+    bar = progress_bar(progress, message)
+    if progress is None or not message:
+        return bar
+    return format_html(
+        '{} <span class="taskqueue-progress-message">{}</span>', bar, truncated(message, 60)
+    )
+
+
 def admin_link(model_name: str, pk: Any, text: Any) -> SafeString:
     """Link to one taskqueue object's admin page."""
     url = reverse(f"admin:taskqueue_{model_name}_change", args=[pk])

@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from taskqueue import store
 from taskqueue.admin import actions, display
 from taskqueue.admin.base import StoreDeletesModelAdmin
+from taskqueue.admin.workflows import WorkflowFilter, upstream_tasks, workflow_link
 from taskqueue.models import Task, TaskAttempt, TaskStatus
 from taskqueue.priorities import PRIORITIES
 
@@ -96,13 +97,14 @@ class TaskAdmin(StoreDeletesModelAdmin):
         "attempts_of_max",
         "run_at",
         "created_at",
-        "progress_bar",
+        "progress_summary",
     )
     list_filter = (
         "status",
         "task_type",
         "queue",
         PriorityFilter,
+        WorkflowFilter,
         "created_at",
         "run_at",
     )
@@ -125,6 +127,7 @@ class TaskAdmin(StoreDeletesModelAdmin):
                     "attempts_of_max",
                     "idempotency_key",
                     "created_by",
+                    "workflow_link",
                     "claimed_by_link",
                     "cancel_requested",
                 )
@@ -196,6 +199,10 @@ class TaskAdmin(StoreDeletesModelAdmin):
     def progress_bar(self, task: Task) -> SafeString | str:
         return display.progress_bar(task.progress, task.progress_message)
 
+    @admin.display(description=_("progress"), ordering="progress")
+    def progress_summary(self, task: Task) -> SafeString | str:
+        return display.progress_summary(task.progress, task.progress_message)
+
     @admin.display(description=_("payload"))
     def payload_json(self, task: Task) -> SafeString:
         return display.json_block(task.payload)
@@ -237,10 +244,13 @@ class TaskAdmin(StoreDeletesModelAdmin):
             ]
         )
 
-    @admin.display(description=_("depends on"))
+    @admin.display(description=_("workflow"))
+    def workflow_link(self, task: Task) -> SafeString | str:
+        return workflow_link(task)
+
+    @admin.display(description=_("waits on"))
     def depends_on_links(self, task: Task) -> SafeString | str:
-        upstream = task.depends_on.using(store.database_alias()).all()
-        return display.links([display.admin_link("task", t.pk, t) for t in upstream])
+        return display.links([display.admin_link("task", t.pk, t) for t in upstream_tasks(task)])
 
     @admin.display(description=_("dependents"))
     def dependent_links(self, task: Task) -> SafeString | str:

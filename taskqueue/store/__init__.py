@@ -1,7 +1,8 @@
 """Every change of a task's state, in one place.
 
-Enqueue, claim, complete, retry later, dead-letter, release, cancel, requeue and delete. The
-worker, the admin, the API and the commands call these; nothing else writes task state.
+Enqueue, claim, complete, retry later, dead-letter, release, cancel, requeue, delete and
+prune. The worker, the admin, the API and the commands call these; nothing else writes task
+state.
 Every write about a claimed task is fenced by its lease: when no row matches, someone else
 owns the task now, and the write is dropped and logged.
 """
@@ -9,13 +10,23 @@ owns the task now, and the write is dropped and logged.
 from taskqueue.sql import ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
+from taskqueue.store.flow import pause_task_types, reset_circuits, resume_task_types
 from taskqueue.store.rescue import RescueResult, rescue_own_tasks, rescue_stale_tasks
+from taskqueue.store.retention import (
+    PRUNE_KINDS,
+    Cutoffs,
+    count_prunable,
+    delete_prunable_batch,
+)
 from taskqueue.store.running import (
+    cancel_claimed,
+    cancel_requested_among,
     claim_due_tasks,
     complete_one,
     complete_tasks,
     dead_letter,
     emit_for,
+    fail_attempt,
     is_cancel_requested,
     release_tasks,
     retry_later,
@@ -31,27 +42,37 @@ from taskqueue.store.triage import (
 )
 
 __all__ = [
+    "PRUNE_KINDS",
     "ClaimedTask",
+    "Cutoffs",
     "RequeueResult",
     "RescueResult",
     "build_task",
     "cancel",
+    "cancel_claimed",
+    "cancel_requested_among",
     "cancel_tasks",
     "claim_due_tasks",
     "complete_one",
     "complete_tasks",
+    "count_prunable",
     "database_alias",
     "dead_letter",
+    "delete_prunable_batch",
     "delete_tasks",
     "emit_for",
     "enqueue",
     "enqueue_many",
+    "fail_attempt",
     "is_cancel_requested",
     "mark_reviewed",
+    "pause_task_types",
     "release_tasks",
     "requeue_dead",
     "rescue_own_tasks",
     "rescue_stale_tasks",
+    "reset_circuits",
+    "resume_task_types",
     "retry_later",
     "save_progress",
 ]

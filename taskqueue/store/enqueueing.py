@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,7 @@ from taskqueue.payloads import check_json, check_payload
 from taskqueue.priorities import resolve_priority
 from taskqueue.registry import registry, validate_max_attempts, validate_queue_name
 from taskqueue.retry import DEFAULT_STRATEGY
+from taskqueue.store import workflows
 from taskqueue.store.common import database_alias, user_or_none
 
 ENQUEUE_OPTIONS = frozenset(
@@ -157,17 +159,24 @@ def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options:
     """Validate and store one task; inside ``transaction.atomic()`` it exists only on commit.
 
     On PostgreSQL a trigger sends ``NOTIFY`` in the same transaction, so workers wake on
-    commit and never for a rolled-back task.
+    commit and never for a rolled-back task. With ``depends_on=[task_or_id, ...]`` the task
+    waits until those tasks have completed.
     """
     using = database_alias()
+    upstream = workflows.upstream_ids(options.pop("depends_on", None))
     task = build_task(task_type, payload, **options)
     _apply_delays([task], using)
-    if task.idempotency_key is None:
-        task.save(force_insert=True, using=using)
-    else:
-        existing = _save_idempotent(task, using)
-        if existing is not None:
-            return existing
+    with transaction.atomic(using=using) if upstream else nullcontext():
+        if upstream:
+            workflows.hold_for_upstreams(using, [task], [upstream])
+        if task.idempotency_key is None:
+            task.save(force_insert=True, using=using)
+        else:
+            existing = _save_idempotent(task, using)
+            if existing is not None:
+                return existing
+        if upstream:
+            workflows.link_upstreams(using, [(task, upstream)])
     transaction.on_commit(lambda: _emit_enqueued(task), using=using)
     return task
 
@@ -200,10 +209,12 @@ def enqueue_many(
     """Validate and store many tasks in one transaction (bulk insert).
 
     Each item is ``(task_type, payload)`` or a dict with ``task_type``, ``payload`` and any
-    enqueue option; ``defaults`` apply to every item. Nothing is stored if any item is invalid.
+    enqueue option (``depends_on`` too); ``defaults`` apply to every item. Nothing is stored
+    if any item is invalid.
     """
     using = database_alias()
     tasks: list[Task] = []
+    upstreams: list[list[Any]] = []
     for index, item in enumerate(items):
         if isinstance(item, Mapping):
             fields = dict(item)
@@ -221,6 +232,7 @@ def enqueue_many(
                 f"item {index} must be (task_type, payload) or a dict, got {item!r}"
             )
         try:
+            upstreams.append(workflows.upstream_ids(options.pop("depends_on", None)))
             tasks.append(build_task(task_type, payload, **options))
         except (InvalidPayload, InvalidTaskOption, UnknownTaskType, TypeError) as exc:
             raise type(exc)(f"item {index}: {exc}") from None
@@ -228,6 +240,8 @@ def enqueue_many(
         return []
     _stamp_batch(tasks, using)
     with transaction.atomic(using=using):
+        if any(upstreams):
+            workflows.hold_for_upstreams(using, tasks, upstreams)
         created = [t for t in tasks if t.idempotency_key is None]
         Task.objects.using(using).bulk_create(created, batch_size=1000)
         result: list[Task] = []
@@ -239,6 +253,11 @@ def enqueue_many(
                 else:
                     task = existing
             result.append(task)
+        if any(upstreams):
+            new = {task.id for task in created}
+            workflows.link_upstreams(
+                using, [(t, ids) for t, ids in zip(tasks, upstreams, strict=True) if t.id in new]
+            )
     transaction.on_commit(lambda: _emit_enqueued(*created), using=using)
     return result
 

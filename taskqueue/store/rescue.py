@@ -25,7 +25,7 @@ from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerSta
 from taskqueue.retry import next_delay, strategy_from_dict
 from taskqueue.sql import CLAIMED_COLUMNS, ClaimedTask
 from taskqueue.store.common import database_alias
-from taskqueue.store.running import dead_letter, emit_for, retry_later
+from taskqueue.store.running import emit_for, fail_attempt
 
 logger = logging.getLogger("taskqueue.store.rescue")
 
@@ -38,6 +38,7 @@ WORKER_LOST = "WorkerLost"
 class RescueResult:
     retried: list[UUID] = field(default_factory=list)
     dead_lettered: list[UUID] = field(default_factory=list)
+    cancelled: list[UUID] = field(default_factory=list)
     lost_workers: list[str] = field(default_factory=list)
 
 
@@ -114,38 +115,34 @@ def _rescue_one(row: dict, rescuer: str, rng: random.Random, result: RescueResul
         "outcome": AttemptOutcome.WORKER_LOST,
     }
     announced = {"worker_id": holder, "error_type": WORKER_LOST, "message": error}
-    if task.attempts >= task.max_attempts:
-        if dead_letter(task, **failure) is not None:
-            result.dead_lettered.append(task.id)
-            emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
-            emit_for(
-                task,
-                signals.task_dead_lettered,
-                "dead_lettered",
-                severity=Severity.ERROR,
-                **announced,
-            )
-            logger.error(
-                "dead-lettered task %s: %s",
-                task.id,
-                error,
-                extra={"task_id": str(task.id), "task_type": task.task_type},
-            )
+    dead = task.attempts >= task.max_attempts
+    delay = 0.0 if dead else next_delay(task.attempts, strategy_from_dict(task.retry), rng)
+    # Through fail_attempt: a task someone asked to cancel ends cancelled, not run again.
+    status = fail_attempt(
+        task, dead=dead, delay=delay, cancel_reason=f"cancelled; {error}", **failure
+    )
+    log_extra = {"task_id": str(task.id), "task_type": task.task_type}
+    if status == TaskStatus.CANCELLED:
+        result.cancelled.append(task.id)
+        emit_for(task, signals.task_cancelled, "cancelled", **announced)
+        logger.warning("cancelled rescued task %s: %s", task.id, error, extra=log_extra)
         return
-    delay = next_delay(task.attempts, strategy_from_dict(task.retry), rng)
-    if retry_later(task, delay=delay, **failure):
-        result.retried.append(task.id)
-        emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
+    if status is None:
+        return
+    emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
+    if status == TaskStatus.FAILED:
+        result.dead_lettered.append(task.id)
         emit_for(
-            task,
-            signals.task_retry_scheduled,
-            "retry_scheduled",
-            severity=Severity.WARNING,
-            **announced,
+            task, signals.task_dead_lettered, "dead_lettered", severity=Severity.ERROR, **announced
         )
-        logger.warning(
-            "rescued task %s: %s",
-            task.id,
-            error,
-            extra={"task_id": str(task.id), "task_type": task.task_type},
-        )
+        logger.error("dead-lettered task %s: %s", task.id, error, extra=log_extra)
+        return
+    result.retried.append(task.id)
+    emit_for(
+        task,
+        signals.task_retry_scheduled,
+        "retry_scheduled",
+        severity=Severity.WARNING,
+        **announced,
+    )
+    logger.warning("rescued task %s: %s", task.id, error, extra=log_extra)

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.db.models.functions import Now
 
-from taskqueue import sql
+from taskqueue import signals, sql
 from taskqueue.events import emit
 from taskqueue.models import (
     AttemptOutcome,
@@ -38,11 +38,11 @@ def claim_due_tasks(worker_id: str, queues: list[str], limit: int) -> list[Claim
 def complete_tasks(completions: list[tuple[ClaimedTask, Any]]) -> set[uuid.UUID]:
     """Record successful results in one statement; return the ids actually completed."""
     using = database_alias()
-    with transaction.atomic(using=using):
-        rows = sql.complete_batch(
-            using, [(task.id, task.lease_id, result) for task, result in completions]
-        )
-        _after_completion(using, rows)
+    # One statement, committed on its own: the common batch needs no transaction around it.
+    rows = sql.complete_batch(
+        using, [(task.id, task.lease_id, result) for task, result in completions]
+    )
+    _after_completion(using, rows)
     done = {row.id for row in rows}
     for task, _ in completions:
         if task.id not in done:
@@ -69,16 +69,23 @@ def complete_one(task: ClaimedTask, result: Any) -> bool:
 
 
 def _after_completion(using: str, rows: list[sql.CompletedRow]) -> None:
-    """What a completion sets off, in the completion's transaction: dependents become
-    ready, schedules record their success, circuit breakers count it."""
+    """What completions set off: dependents become ready, schedules record their success,
+    circuit breakers reset.
+
+    Runs after the completion itself: a dependent released here sees every upstream that
+    completed before (each completion runs this after its own), and if the worker dies in
+    between, the workers' sweep of waiting tasks releases it.
+    """
     if not rows:
         return
     upstream = [row.id for row in rows if row.has_dependents]
-    if upstream:
-        workflows.release_dependents(using, upstream)
     schedule_ids = sorted({row.schedule_id for row in rows if row.schedule_id is not None})
-    if schedule_ids:
-        schedules.record_successes(using, schedule_ids)
+    if upstream or schedule_ids:
+        with transaction.atomic(using=using):
+            if upstream:
+                workflows.release_dependents(using, upstream)
+            if schedule_ids:
+                schedules.record_successes(using, schedule_ids)
     flow.record_successes(using, sorted({row.task_type for row in rows}))
 
 
@@ -196,7 +203,7 @@ def dead_letter(
             attempt.as_history_entry()
             for attempt in TaskAttempt.objects.using(using).filter(task_id=task.id)
         ]
-        return DeadLetter.objects.using(using).create(
+        letter = DeadLetter.objects.using(using).create(
             task_id=task.id,
             task_type=task.task_type,
             queue=task.queue,
@@ -206,14 +213,126 @@ def dead_letter(
             attempts=task.attempts,
             attempts_history=history,
         )
+        # Its waiting dependents can never run now: cancel them, naming this task.
+        workflows.cascade_failure(using, task.id, task.task_type, error)
+        return letter
+
+
+# --- cancellation of claimed tasks ---------------------------------------------------------
+
+
+def fail_attempt(
+    task: ClaimedTask,
+    *,
+    worker_id: str,
+    dead: bool,
+    delay: float = 0.0,
+    error_type: str,
+    error: str,
+    traceback: str = "",
+    outcome: str = AttemptOutcome.FAILED,
+    cancel_reason: str = "",
+) -> str | None:
+    """Record a failed attempt: dead-letter it (``dead``) or retry it after ``delay``, but
+    cancel it instead when a cancel was requested while it ran.
+
+    Returns the status written (``failed``, ``retrying`` or ``cancelled``), or None when the
+    claim was lost.
+    """
+    using = database_alias()
+    with transaction.atomic(using=using):
+        # Locked, so a cancel request cannot slip in between this read and the write: it
+        # waits, then finds the task no longer running and cancels it where it now waits.
+        requested = (
+            _claimed(task, using)
+            .select_for_update()
+            .values_list("cancel_requested", flat=True)
+            .first()
+        )
+        if requested is None:
+            _log_lost_lease(task, "failure")
+            return None
+        if requested:
+            reason = cancel_reason or f"cancelled while running; it ended with {error_type}"
+            cancel_claimed(task, reason=reason)
+            return TaskStatus.CANCELLED
+        failure = {
+            "worker_id": worker_id,
+            "error_type": error_type,
+            "error": error,
+            "traceback": traceback,
+            "outcome": outcome,
+        }
+        if dead:
+            return TaskStatus.FAILED if dead_letter(task, **failure) is not None else None
+        return TaskStatus.RETRYING if retry_later(task, delay=delay, **failure) else None
+
+
+def cancel_claimed(task: ClaimedTask, *, reason: str) -> bool:
+    """Record that a claimed task ended cancelled (stopped, or withdrawn before it started);
+    False if the claim was lost.
+
+    Fenced like a completion: only the running claim's own lease matches, so a cancel never
+    overwrites a completion, and a completion arriving later finds nothing to complete.
+    """
+    using = database_alias()
+    with transaction.atomic(using=using):
+        has_dependents = (
+            _claimed(task, using)
+            .select_for_update()
+            .values_list("has_dependents", flat=True)
+            .first()
+        )
+        if has_dependents is None:
+            _log_lost_lease(task, "cancellation")
+            return False
+        _claimed(task, using).update(
+            status=TaskStatus.CANCELLED,
+            last_error=reason,
+            completed_at=Now(),
+            claimed_by=None,
+            updated_at=Now(),
+        )
+        if has_dependents:
+            dependents_reason = workflows.cancelled_reason(task.id, task.task_type, reason)
+            workflows.cancel_dependents(using, [task.id], dependents_reason)
+    return True
+
+
+def cancel_requested_among(task_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these running tasks someone asked to cancel."""
+    requested: set[uuid.UUID] = set()
+    ids = list(task_ids)
+    # Chunked: a worker may hold hundreds of tasks, and SQLite caps query parameters.
+    for start in range(0, len(ids), 500):
+        requested.update(
+            Task.objects.using(database_alias())
+            .filter(
+                id__in=ids[start : start + 500], status=TaskStatus.RUNNING, cancel_requested=True
+            )
+            .values_list("id", flat=True)
+        )
+    return requested
+
+
+CANCELLED_AT_SHUTDOWN = "cancelled while running: its worker shut down before it finished"
 
 
 def release_tasks(tasks: Sequence[ClaimedTask]) -> int:
-    """Give claimed tasks back to the queue with their attempt returned (shutdown)."""
+    """Give claimed tasks back to the queue with their attempt returned (shutdown).
+
+    A task someone asked to cancel is cancelled instead: handed back, its next claim would
+    clear the request and run it again.
+    """
     using = database_alias()
     released = 0
+    cancelled: list[ClaimedTask] = []
     with transaction.atomic(using=using):
         for task in tasks:
+            if _claimed(task, using).filter(cancel_requested=True).exists():
+                if cancel_claimed(task, reason=CANCELLED_AT_SHUTDOWN):
+                    cancelled.append(task)
+                continue
             released += _claimed(task, using).update(
                 status=TaskStatus.PENDING,
                 attempts=F("attempts") - 1,
@@ -224,6 +343,8 @@ def release_tasks(tasks: Sequence[ClaimedTask]) -> int:
             )
         if released:
             sql.notify(using, {task.queue for task in tasks})
+    for task in cancelled:
+        emit_for(task, signals.task_cancelled, name="cancelled", message=CANCELLED_AT_SHUTDOWN)
     return released
 
 

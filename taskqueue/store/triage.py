@@ -22,6 +22,7 @@ from taskqueue.models import (
     Task,
     TaskStatus,
 )
+from taskqueue.store import workflows
 from taskqueue.store.common import database_alias, user_or_none
 
 logger = logging.getLogger("taskqueue.store")
@@ -41,30 +42,47 @@ def _task_id(task_or_id: Task | uuid.UUID | str) -> uuid.UUID:
 CANCELLABLE_STATES = (*READY_STATES, TaskStatus.WAITING)
 
 
+# A task can move from running back to waiting (a failed attempt) between cancel's two
+# statements; cancel then tries again. Each round needs an attempt to end, so few suffice.
+CANCEL_ROUNDS = 5
+
+
 def cancel(task_or_id: Task | uuid.UUID | str, *, reason: str = "cancelled") -> bool:
     """Cancel a task that has not started; ask a running one to stop.
 
-    Returns True when the task is now cancelled, False when it had already finished or is
-    running (then ``cancel_requested`` is set and the handler can see it).
+    Returns True when the task is now cancelled. Returns False when it had already finished,
+    does not exist, or is running: then ``cancel_requested`` is set, the handler sees
+    ``ctx.cancel_requested``, and the worker stops it after ``CANCEL_GRACE`` seconds (the
+    task ends ``cancelled``), unless the handler returns first (it ends ``completed``).
     """
     using = database_alias()
     task_id = _task_id(task_or_id)
-    cancelled = (
-        Task.objects.using(using)
-        .filter(id=task_id, status__in=CANCELLABLE_STATES)
-        .update(
-            status=TaskStatus.CANCELLED,
-            last_error=reason,
-            completed_at=Now(),
-            updated_at=Now(),
+    for _ in range(CANCEL_ROUNDS):
+        cancelled = (
+            Task.objects.using(using)
+            .filter(id=task_id, status__in=CANCELLABLE_STATES)
+            .update(
+                status=TaskStatus.CANCELLED,
+                last_error=reason,
+                completed_at=Now(),
+                updated_at=Now(),
+            )
         )
-    )
-    if cancelled:
-        emit(signals.task_cancelled, name="cancelled", task_id=task_id, message=reason)
-        return True
-    Task.objects.using(using).filter(id=task_id, status=TaskStatus.RUNNING).update(
-        cancel_requested=True, updated_at=Now()
-    )
+        if cancelled:
+            workflows.cascade_cancellation(using, task_id, reason)
+            emit(signals.task_cancelled, name="cancelled", task_id=task_id, message=reason)
+            return True
+        # Only a running task gets the flag: a completion (which matches running) is never
+        # undone, and a worker recording a failure reads the flag under lock.
+        if (
+            Task.objects.using(using)
+            .filter(id=task_id, status=TaskStatus.RUNNING)
+            .update(cancel_requested=True, updated_at=Now())
+        ):
+            return False
+        unfinished = Task.objects.using(using).filter(id=task_id, status__in=CANCELLABLE_STATES)
+        if not unfinished.exists():
+            return False  # finished, or no such task
     return False
 
 

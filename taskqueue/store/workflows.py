@@ -1,20 +1,459 @@
 """Workflow bookkeeping: release dependents when their upstream tasks complete, cancel them
-when an upstream task dies.
+when an upstream task dies, and store whole workflows (``chain``/``group``) at once.
+
+A dependent sits in ``waiting`` until every upstream task has completed. Three paths move it:
+the completion of an upstream (``release_dependents``, right after the completion), the
+death or cancellation of an upstream (``cancel_dependents``, in that transaction), and the
+sweep a worker duty runs (``sweep_waiting_tasks``), the belt for anything a race left behind.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.models.functions import Now
+
+from taskqueue import signals, sql
+from taskqueue.events import emit
+from taskqueue.exceptions import InvalidTaskOption
+from taskqueue.models import Task, TaskDependency, TaskStatus, Workflow
+from taskqueue.store.common import database_alias, user_or_none
+
+logger = logging.getLogger("taskqueue.store")
+
+# Ids per statement: well under SQLite's bound-parameter limit.
+CHUNK = 500
+# Waiting tasks one sweep looks at, so a huge backlog never makes one endless transaction.
+SWEEP_BATCH = 500
+
+_TASK = Task._meta.db_table
+_DEP = TaskDependency._meta.db_table
+_WAITING = TaskStatus.WAITING.value
+_COMPLETED = TaskStatus.COMPLETED.value
+_DEAD_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+# A waiting task is ready when no upstream task is anything but completed.
+_ALL_UPSTREAMS_COMPLETED = (
+    f"NOT EXISTS (SELECT 1 FROM {_DEP} AS d JOIN {_TASK} AS u ON u.id = d.depends_on_id "
+    f"WHERE d.task_id = {_TASK}.id AND u.status <> '{_COMPLETED}')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """An upstream task as the enqueueing transaction saw it, under its row lock."""
+
+    id: uuid.UUID
+    task_type: str
+    status: str
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    released: list[uuid.UUID]
+    cancelled: list[uuid.UUID]
+
+
+# --- reasons ---------------------------------------------------------------------------------
+
+
+def failed_reason(task_id: uuid.UUID, task_type: str, error: str) -> str:
+    """The reason a dependent of a dead-lettered task is cancelled with."""
+    return f"upstream task {task_id} ({task_type}) failed: {error}"
+
+
+def cancelled_reason(task_id: uuid.UUID, task_type: str, detail: str = "") -> str:
+    """The reason a dependent of a cancelled task is cancelled with."""
+    reason = f"upstream task {task_id} ({task_type}) was cancelled"
+    # "cancelled" is the default reason of taskqueue.cancel: it adds nothing.
+    return f"{reason}: {detail}" if detail and detail != "cancelled" else reason
+
+
+def _reason_for(upstream: Upstream) -> str:
+    if upstream.status == TaskStatus.FAILED:
+        return failed_reason(upstream.id, upstream.task_type, upstream.last_error)
+    return cancelled_reason(upstream.id, upstream.task_type, upstream.last_error)
+
+
+# --- enqueue side ----------------------------------------------------------------------------
+
+
+def upstream_ids(depends_on: Any) -> list[uuid.UUID]:
+    """Read a ``depends_on`` option (tasks or ids) into distinct ids, in the order given."""
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, str | bytes | Task | uuid.UUID) or not isinstance(
+        depends_on, Iterable
+    ):
+        raise InvalidTaskOption(
+            f"depends_on must be a list of tasks or task ids, got {depends_on!r}"
+        )
+    ids: list[uuid.UUID] = []
+    for item in depends_on:
+        if isinstance(item, Task):
+            task_id = item.id
+        elif isinstance(item, uuid.UUID):
+            task_id = item
+        elif isinstance(item, str):
+            try:
+                task_id = uuid.UUID(item)
+            except ValueError:
+                raise InvalidTaskOption(f"depends_on: {item!r} is not a task id (a UUID)") from None
+        else:
+            raise InvalidTaskOption(
+                f"depends_on: {item!r} is not a task or a task id (a Task, UUID or UUID string)"
+            )
+        if task_id not in ids:
+            ids.append(task_id)
+    return ids
+
+
+def hold_for_upstreams(
+    using: str, tasks: Sequence[Task], upstreams: Sequence[Sequence[uuid.UUID]]
+) -> None:
+    """Give new tasks their status from their upstream tasks (call in the enqueue transaction).
+
+    The upstream rows are locked and flagged ``has_dependents`` first, so the statuses read
+    are current: a completion blocked on those locks commits after us and then finds our
+    dependency rows. All completed: the task keeps its ready status; any failed or cancelled:
+    it is created cancelled, naming that upstream; otherwise it waits.
+    """
+    found = _lock_upstreams(using, sorted({i for ids in upstreams for i in ids}))
+    for task, ids in zip(tasks, upstreams, strict=True):
+        if not ids:
+            continue
+        states = [found[i] for i in ids]
+        dead = next((u for u in states if u.status in _DEAD_STATES), None)
+        if dead is not None:
+            task.status = TaskStatus.CANCELLED
+            task.last_error = _reason_for(dead)
+            task.completed_at = Now()
+        elif any(u.status != TaskStatus.COMPLETED for u in states):
+            task.status = TaskStatus.WAITING
+
+
+def _lock_upstreams(using: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, Upstream]:
+    found: dict[uuid.UUID, Upstream] = {}
+    postgres = sql.vendor(using) == "postgresql"
+    with connections[using].cursor() as cursor:
+        for chunk in _chunks(ids):
+            marks, params = _in(using, chunk)
+            if postgres:
+                # In id order, so two enqueuers sharing upstream tasks never deadlock.
+                cursor.execute(
+                    f"SELECT id FROM {_TASK} WHERE id IN ({marks}) ORDER BY id FOR UPDATE", params
+                )
+            cursor.execute(
+                f"UPDATE {_TASK} SET has_dependents = true WHERE id IN ({marks}) "
+                "RETURNING id, task_type, status, last_error",
+                params,
+            )
+            for row in cursor.fetchall():
+                upstream = Upstream(sql._as_uuid(row[0]), row[1], row[2], row[3] or "")
+                found[upstream.id] = upstream
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise InvalidTaskOption(f"depends_on names unknown task(s): {', '.join(missing)}")
+    return found
+
+
+def link_upstreams(using: str, links: Iterable[tuple[Task, Sequence[uuid.UUID]]]) -> None:
+    """Store the dependency rows of newly created tasks (positions in the order given)."""
+    rows: list[TaskDependency] = []
+    born_cancelled: list[Task] = []
+    for task, ids in links:
+        rows += [
+            TaskDependency(task_id=task.id, depends_on_id=upstream, position=position)
+            for position, upstream in enumerate(ids)
+        ]
+        if task.status == TaskStatus.CANCELLED:
+            born_cancelled.append(task)
+    TaskDependency.objects.using(using).bulk_create(rows, batch_size=1000)
+    if born_cancelled:
+        announced = [(t.id, t.task_type, t.queue, t.last_error) for t in born_cancelled]
+        transaction.on_commit(lambda: _emit_cancelled(announced), using=using)
+
+
+def enqueue_workflow(
+    tasks: list[Task],
+    upstreams: list[list[int]],
+    *,
+    name: str = "",
+    created_by: Any = None,
+) -> Workflow:
+    """Store a workflow and its validated, unsaved ``tasks`` in one transaction.
+
+    ``upstreams[i]`` lists the indexes of the earlier tasks that ``tasks[i]`` waits on, in
+    the order its handler receives their results.
+    """
+    from taskqueue.store import enqueueing
+
+    if not isinstance(name, str) or len(name) > 200:
+        raise InvalidTaskOption(
+            f"workflow name must be a string of at most 200 characters: {name!r}"
+        )
+    using = database_alias()
+    # One clock read for the batch; tasks keep their order as their arrival order.
+    enqueueing._stamp_batch(tasks, using)
+    for index, task in enumerate(tasks):
+        if any(not 0 <= upstream < index for upstream in upstreams[index]):
+            raise ValueError(f"task {index} may only wait on earlier tasks: {upstreams[index]}")
+        if upstreams[index]:
+            task.status = TaskStatus.WAITING
+        for upstream in upstreams[index]:
+            tasks[upstream].has_dependents = True
+    with transaction.atomic(using=using):
+        workflow = Workflow.objects.using(using).create(
+            name=name, created_by=user_or_none(created_by)
+        )
+        for task in tasks:
+            task.workflow = workflow
+        Task.objects.using(using).bulk_create(tasks, batch_size=1000)
+        TaskDependency.objects.using(using).bulk_create(
+            [
+                TaskDependency(task_id=task.id, depends_on_id=tasks[upstream].id, position=position)
+                for task, ids in zip(tasks, upstreams, strict=True)
+                for position, upstream in enumerate(ids)
+            ],
+            batch_size=1000,
+        )
+    transaction.on_commit(lambda: enqueueing._emit_enqueued(*tasks), using=using)
+    return workflow
+
+
+# --- completion side -------------------------------------------------------------------------
 
 
 def release_dependents(using: str, upstream_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """Make waiting dependents of ``upstream_ids`` ready once all their upstreams completed.
 
-    Called in the completion's transaction. Returns the ids released.
+    Called right after the completion (within the handler's transaction for atomic
+    handlers). Returns the ids released.
     """
-    return []  # TODO(workflows): implement
+    released: list[uuid.UUID] = []
+    for chunk in _chunks(sorted(set(upstream_ids))):
+        released += _release(using, _waiting_dependents(using, chunk))
+    return released
+
+
+def _waiting_dependents(
+    using: str, upstream_ids: Sequence[uuid.UUID], *, skip_locked: bool = False
+) -> list[uuid.UUID]:
+    """The waiting dependents of ``upstream_ids``, locked in id order on PostgreSQL.
+
+    The lock is what makes fan-in safe: two completions of the same dependent's upstreams
+    take it in turn, and the second one's next statement sees the first one's commit.
+    """
+    if not upstream_ids:
+        return []
+    marks, params = _in(using, upstream_ids)
+    query = (
+        f"SELECT id FROM {_TASK} WHERE status = '{_WAITING}' AND id IN "
+        f"(SELECT task_id FROM {_DEP} WHERE depends_on_id IN ({marks})) ORDER BY id"
+    )
+    if sql.vendor(using) == "postgresql":
+        query += " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, params)
+        return [sql._as_uuid(row[0]) for row in cursor.fetchall()]
+
+
+def _release(using: str, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Ready those of ``task_ids`` still waiting whose upstream tasks have all completed."""
+    if not task_ids:
+        return []
+    now = sql._NOW[sql.vendor(using)]
+    released: list[uuid.UUID] = []
+    queues: set[str] = set()
+    with connections[using].cursor() as cursor:
+        for chunk in _chunks(list(task_ids)):
+            marks, params = _in(using, chunk)
+            # run_at was fixed at enqueue (its delay counts from then): a dependent released
+            # after that time is simply pending, one released before it is scheduled.
+            cursor.execute(
+                f"UPDATE {_TASK} SET status = CASE WHEN run_at > {now} "
+                f"THEN '{TaskStatus.SCHEDULED.value}' ELSE '{TaskStatus.PENDING.value}' END, "
+                f"updated_at = {now} "
+                f"WHERE id IN ({marks}) AND status = '{_WAITING}' AND {_ALL_UPSTREAMS_COMPLETED} "
+                "RETURNING id, queue",
+                params,
+            )
+            for task_id, queue in cursor.fetchall():
+                released.append(sql._as_uuid(task_id))
+                queues.add(queue)
+    sql.notify(using, queues)
+    return released
+
+
+# --- failure side ----------------------------------------------------------------------------
 
 
 def cancel_dependents(using: str, upstream_ids: list[uuid.UUID], reason: str) -> list[uuid.UUID]:
-    """Cancel (transitively) the unfinished dependents of dead or cancelled upstream tasks."""
-    return []  # TODO(workflows): implement
+    """Cancel (transitively) the waiting dependents of dead or cancelled upstream tasks.
+
+    Every task cancelled here, however far down, gets ``reason`` (which names the upstream
+    task that died). Call inside the transaction that killed the upstream; ``task_cancelled``
+    is sent for each once it commits.
+    """
+    cancelled: list[tuple[uuid.UUID, str, str, str]] = []
+    frontier = sorted(set(upstream_ids))
+    while frontier:
+        level: list[uuid.UUID] = []
+        for chunk in _chunks(frontier):
+            rows = _cancel_waiting(using, _waiting_dependents(using, chunk), reason)
+            cancelled += rows
+            level += [row[0] for row in rows]
+        frontier = sorted(level)
+    if cancelled:
+        transaction.on_commit(lambda: _emit_cancelled(cancelled), using=using)
+    return [row[0] for row in cancelled]
+
+
+def _cancel_waiting(
+    using: str, task_ids: Sequence[uuid.UUID], reason: str
+) -> list[tuple[uuid.UUID, str, str, str]]:
+    if not task_ids:
+        return []
+    now = sql._NOW[sql.vendor(using)]
+    rows: list[tuple[uuid.UUID, str, str, str]] = []
+    with connections[using].cursor() as cursor:
+        for chunk in _chunks(list(task_ids)):
+            marks, params = _in(using, chunk)
+            cursor.execute(
+                f"UPDATE {_TASK} SET status = '{TaskStatus.CANCELLED.value}', last_error = %s, "
+                f"completed_at = {now}, updated_at = {now} "
+                f"WHERE id IN ({marks}) AND status = '{_WAITING}' RETURNING id, task_type, queue",
+                [reason, *params],
+            )
+            rows += [(sql._as_uuid(r[0]), r[1], r[2], reason) for r in cursor.fetchall()]
+    return rows
+
+
+def cascade_failure(using: str, task_id: uuid.UUID, task_type: str, error: str) -> list[uuid.UUID]:
+    """Cancel the dependents of a task just dead-lettered (in that transaction)."""
+    if not Task.objects.using(using).filter(id=task_id, has_dependents=True).exists():
+        return []
+    return cancel_dependents(using, [task_id], failed_reason(task_id, task_type, error))
+
+
+def cascade_cancellation(using: str, task_id: uuid.UUID, detail: str = "") -> list[uuid.UUID]:
+    """Cancel the dependents of a task just cancelled (all of them, or none on error)."""
+    task_type = (
+        Task.objects.using(using)
+        .filter(id=task_id, has_dependents=True)
+        .values_list("task_type", flat=True)
+        .first()
+    )
+    if task_type is None:
+        return []
+    with transaction.atomic(using=using):
+        return cancel_dependents(using, [task_id], cancelled_reason(task_id, task_type, detail))
+
+
+def _emit_cancelled(rows: list[tuple[uuid.UUID, str, str, str]]) -> None:
+    for task_id, task_type, queue, reason in rows:
+        emit(
+            signals.task_cancelled,
+            name="cancelled",
+            task_id=task_id,
+            task_type=task_type,
+            queue=queue,
+            message=reason,
+        )
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+
+def sweep_waiting_tasks(limit: int = SWEEP_BATCH) -> SweepResult:
+    """Release waiting tasks whose upstreams all completed; cancel those with a dead one.
+
+    A worker duty runs this every ``RESCUE_INTERVAL``: the completion and cancellation paths
+    already do both in their own transactions, so this only finds what a race left behind.
+    """
+    using = database_alias()
+    with transaction.atomic(using=using):
+        released = _release(using, _releasable(using, limit))
+    cancelled: list[uuid.UUID] = []
+    for task_id, upstream in _doomed(using, limit):
+        with transaction.atomic(using=using):
+            reason = _reason_for(upstream)
+            rows = _cancel_waiting(using, [task_id], reason)
+            if not rows:
+                continue  # released or cancelled meanwhile
+            transaction.on_commit(lambda rows=rows: _emit_cancelled(rows), using=using)
+            cancelled += [task_id, *cancel_dependents(using, [task_id], reason)]
+    if released or cancelled:
+        logger.info(
+            "workflow sweep released %d and cancelled %d waiting task(s)",
+            len(released),
+            len(cancelled),
+        )
+    return SweepResult(released=released, cancelled=cancelled)
+
+
+def _releasable(using: str, limit: int) -> list[uuid.UUID]:
+    query = (
+        f"SELECT id FROM {_TASK} WHERE status = '{_WAITING}' AND {_ALL_UPSTREAMS_COMPLETED} "
+        "ORDER BY id LIMIT %s"
+    )
+    if sql.vendor(using) == "postgresql":
+        # A completion holding one of these is releasing it right now: leave it be.
+        query += " FOR UPDATE SKIP LOCKED"
+    with connections[using].cursor() as cursor:
+        cursor.execute(query, [limit])
+        return [sql._as_uuid(row[0]) for row in cursor.fetchall()]
+
+
+def _doomed(using: str, limit: int) -> list[tuple[uuid.UUID, Upstream]]:
+    """Waiting tasks with a failed or cancelled upstream, each with the first such upstream."""
+    dead = ", ".join(f"'{state.value}'" for state in _DEAD_STATES)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"SELECT t.id, u.id, u.task_type, u.status, u.last_error FROM {_TASK} AS t "
+            f"JOIN {_DEP} AS d ON d.task_id = t.id JOIN {_TASK} AS u ON u.id = d.depends_on_id "
+            f"WHERE t.status = '{_WAITING}' AND u.status IN ({dead}) "
+            "ORDER BY t.id, d.position LIMIT %s",
+            [limit],
+        )
+        rows = cursor.fetchall()
+    doomed: dict[uuid.UUID, Upstream] = {}
+    for task_id, up_id, up_type, up_status, up_error in rows:
+        doomed.setdefault(
+            sql._as_uuid(task_id), Upstream(sql._as_uuid(up_id), up_type, up_status, up_error or "")
+        )
+    return list(doomed.items())
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def upstream_results(task_id: uuid.UUID) -> list[Any]:
+    """The results of a task's upstream tasks, in the order its ``depends_on`` gave them."""
+    return list(
+        TaskDependency.objects.using(database_alias())
+        .filter(task_id=task_id)
+        .order_by("position", "id")
+        .values_list("depends_on__result", flat=True)
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _chunks(ids: Sequence[uuid.UUID]) -> Iterator[Sequence[uuid.UUID]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+def _in(using: str, ids: Sequence[uuid.UUID]) -> tuple[str, list[Any]]:
+    """Placeholders and parameters for ``id IN (...)`` (SQLite stores UUIDs as hex text)."""
+    params: list[Any] = (
+        list(ids) if sql.vendor(using) == "postgresql" else [task_id.hex for task_id in ids]
+    )
+    return ", ".join(["%s"] * len(ids)), params

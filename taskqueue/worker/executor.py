@@ -8,6 +8,7 @@ outcome through ``taskqueue.store``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import threading
 import time
@@ -39,6 +40,7 @@ COMMITTED = "committed"  # succeeded, and recorded in the handler's own transact
 LOST = "lost"  # the claim was lost before an atomic handler could commit: nothing to record
 RETRY = "retry"
 DEAD = "dead"
+CANCELLED = "cancelled"  # stopped after a cancel request, or withdrawn before it started
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +63,27 @@ class AsyncRunner:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._running: dict[Any, concurrent.futures.Future[Any]] = {}
 
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None) -> Any:
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float | None, key: Any = None) -> Any:
+        """Run ``coro`` on the loop and wait for it; ``key`` lets ``cancel`` find it."""
         future = asyncio.run_coroutine_threadsafe(_with_timeout(coro, timeout), self._ensure_loop())
-        return future.result()
+        if key is None:
+            return future.result()
+        with self._lock:
+            self._running[key] = future
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self._running.pop(key, None)
+
+    def cancel(self, key: Any) -> bool:
+        """Cancel the coroutine run under ``key``; False when none is running."""
+        with self._lock:
+            future = self._running.get(key)
+        # The waiting thread gets CancelledError at once; the coroutine at its next await.
+        return future is not None and future.cancel()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -140,7 +159,9 @@ def execute(
         if spec.atomic:
             _call_atomically(task, spec, bound.args, bound.kwargs, async_runner)
             return Outcome(COMMITTED, time.monotonic() - started), context
-        result = _checked_result(_call(spec, bound.args, bound.kwargs, task.timeout, async_runner))
+        result = _checked_result(
+            _call(spec, bound.args, bound.kwargs, task.timeout, async_runner, key=task.id)
+        )
     except ClaimLost as exc:
         return Outcome(LOST, time.monotonic() - started, error=str(exc)), context
     except InvalidResult as exc:
@@ -178,7 +199,7 @@ def _call_atomically(
     from taskqueue import store
 
     with transaction.atomic(using=store.database_alias()):
-        result = _checked_result(_call(spec, args, kwargs, task.timeout, async_runner))
+        result = _checked_result(_call(spec, args, kwargs, task.timeout, async_runner, task.id))
         if not store.complete_one(task, result):
             raise ClaimLost(f"task {task.id} was taken from this worker; rolled back its effects")
 
@@ -189,10 +210,16 @@ def _call(
     kwargs: dict[str, Any],
     timeout: float | None,
     async_runner: AsyncRunner,
+    key: Any = None,
 ) -> Any:
     if spec.is_async:
-        return async_runner.run(spec.func(*args, **kwargs), timeout)
+        return async_runner.run(spec.func(*args, **kwargs), timeout, key)
     return spec.func(*args, **kwargs)
+
+
+def cancelled_outcome(duration: float, reason: str) -> Outcome:
+    """The outcome of a task stopped by the worker after a cancel request."""
+    return Outcome(CANCELLED, duration, error_type="Cancelled", error=reason)
 
 
 def _failure(

@@ -26,6 +26,7 @@ from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
+from taskqueue.schedules.worker import schedule_duties, sync_at_start
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
 from taskqueue.worker.cancelling import CancelWatch
@@ -95,7 +96,7 @@ class Worker:
         self.recycle_reason = ""
         self.stranded_handlers = False  # handler threads still running that cannot be stopped
         self.gates = Gates(self.using, config.poll_interval)
-        self.cancel_watch = CancelWatch(config.cancel_grace)
+        self.cancel_watch = CancelWatch(config.cancel_grace, self._finished, config.worker_id)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -105,6 +106,7 @@ class Worker:
         worker_id = self.config.worker_id
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
         store.rescue_own_tasks(worker_id, random.Random())
+        sync_at_start()
         duties = DutyThread(
             self.using,
             [
@@ -114,6 +116,8 @@ class Worker:
                     lambda: presence.heartbeat(worker_id, self.processed),
                 ),
                 Duty("rescue", self.config.rescue_interval, self._rescue),
+                Duty("workflows", self.config.rescue_interval, store.workflows.sweep_waiting_tasks),
+                *schedule_duties(self.wake),
             ],
             self.rng,
         )
@@ -189,7 +193,14 @@ class Worker:
                 backoff = min(backoff * 2, MAX_DB_BACKOFF)
                 continue
             queue_empty = tried and not claimed
-            if self.config.burst and queue_empty and not self.in_hand and not self.finished:
+            if (
+                self.config.burst
+                and queue_empty
+                and not self.in_hand
+                and not self.finished
+                # Due but held back by a rate or concurrency limit: wait for the limit.
+                and not self.gates.limited_work_is_due(self.config.queues)
+            ):
                 return
             if self._recycling() and not self.in_hand and not self.finished:
                 return  # recycled: every task claimed before has finished

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from taskqueue import signals, store
 from taskqueue.context import TaskContext
 from taskqueue.events import Severity
-from taskqueue.models import AttemptOutcome
+from taskqueue.models import AttemptOutcome, TaskStatus
 from taskqueue.sql import ClaimedTask
-from taskqueue.worker.executor import COMMITTED, LOST, RETRY, SUCCEEDED, Outcome
+from taskqueue.worker.executor import CANCELLED, COMMITTED, LOST, RETRY, SUCCEEDED, Outcome
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -53,18 +53,35 @@ def record(
     while pending:
         item = pending[0]
         task, outcome = item.task, item.outcome
-        failure = {
-            "worker_id": worker_id,
-            "error_type": outcome.error_type,
-            "error": outcome.error,
-            "traceback": outcome.traceback,
-            "outcome": outcome.attempt_outcome,
-        }
-        if outcome.kind == RETRY:
-            stored = store.retry_later(task, delay=outcome.delay, **failure)
-        else:
-            stored = store.dead_letter(task, **failure) is not None
-        (written if stored else dropped).append(pending.pop(0))
+        if outcome.kind == CANCELLED:
+            stored = store.cancel_claimed(task, reason=outcome.error)
+            (written if stored else dropped).append(pending.pop(0))
+            continue
+        reason = cancelled_by_failure(outcome)
+        status = store.fail_attempt(
+            task,
+            worker_id=worker_id,
+            dead=outcome.kind != RETRY,
+            delay=outcome.delay,
+            error_type=outcome.error_type,
+            error=outcome.error,
+            traceback=outcome.traceback,
+            outcome=outcome.attempt_outcome,
+            cancel_reason=reason,
+        )
+        pending.pop(0)
+        if status == TaskStatus.CANCELLED:
+            # A cancel was requested while it ran: whatever it raised, it ends cancelled.
+            item = Finished(task, replace(outcome, kind=CANCELLED, error=reason), item.context)
+        (written if status is not None else dropped).append(item)
+
+
+def cancelled_by_failure(outcome: Outcome) -> str:
+    """The reason a failed attempt of a task with a cancel request is recorded as cancelled."""
+    return (
+        "cancelled while running: after the cancel request the handler ended with "
+        f"{outcome.error_type}: {outcome.error}"
+    )
 
 
 def announce(item: Finished, worker_id: str) -> None:
@@ -73,6 +90,24 @@ def announce(item: Finished, worker_id: str) -> None:
     common = {"worker_id": worker_id, "duration": outcome.duration}
     if outcome.kind in (SUCCEEDED, COMMITTED):
         store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
+        return
+    if outcome.kind == CANCELLED:
+        logger.info(
+            "task %s (%s) %s",
+            task.id,
+            task.task_type,
+            outcome.error,
+            extra={"task_id": str(task.id), "task_type": task.task_type},
+        )
+        store.emit_for(
+            task,
+            signals.task_cancelled,
+            name="cancelled",
+            message=outcome.error,
+            error_type=outcome.error_type,
+            traceback=outcome.traceback,
+            **common,
+        )
         return
     failure = {
         **common,

@@ -12,19 +12,23 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import Callable
-from typing import Protocol
+import uuid
+from collections.abc import Callable, Collection
+from typing import Literal, Protocol
 
 from django.db import DatabaseError, close_old_connections, connections
 
 from taskqueue import signals, store
 from taskqueue.sql import ClaimedTask
-from taskqueue.worker.executor import AsyncRunner, execute
+from taskqueue.worker.executor import DEAD, RETRY, AsyncRunner, cancelled_outcome, execute
 from taskqueue.worker.outcomes import Finished
 
 logger = logging.getLogger("taskqueue.worker")
 
 OnFinished = Callable[[Finished], None]
+# What ``HandlerPool.stop`` did: stopped the handler (its cancelled outcome follows through
+# the callback), could not (a sync handler in a thread), or found it not running here.
+StopResult = Literal["stopped", "unstoppable", "not running"]
 
 
 class HandlerPool(Protocol):
@@ -37,6 +41,12 @@ class HandlerPool(Protocol):
 
     def take_not_started(self) -> list[ClaimedTask]:
         """Withdraw the submitted tasks no slot has started yet."""
+
+    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
+        """Withdraw those of ``task_ids`` that are submitted and not started yet."""
+
+    def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
+        """Stop the running handler of one task (cancelled after its grace period)."""
 
     def stop_running(self) -> bool:
         """Stop the handlers still running; False when they could not be stopped."""
@@ -80,6 +90,8 @@ class ThreadPool:
         ]
         self.busy = 0
         self.lock = threading.Lock()
+        self.running: set[uuid.UUID] = set()
+        self.stopped: dict[uuid.UUID, str] = {}  # task id -> why it was cancelled
 
     def start(self) -> None:
         for thread in self.threads:
@@ -93,11 +105,18 @@ class ThreadPool:
         while (task := self.tasks.get()) is not None:
             with self.lock:
                 self.busy += 1
+                self.running.add(task.id)
             try:
                 finished = run_task(task, self.worker_id, self.async_runner, rng)
             finally:
                 with self.lock:
                     self.busy -= 1
+                    self.running.discard(task.id)
+                    reason = self.stopped.pop(task.id, None)
+            if reason is not None and finished.outcome.kind in (RETRY, DEAD):
+                # The CancelledError came from stop(): say why, instead of a failure.
+                outcome = cancelled_outcome(finished.outcome.duration, reason)
+                finished = Finished(task, outcome, finished.context)
             self.on_finished(finished)
         connections.close_all()
 
@@ -110,6 +129,29 @@ class ThreadPool:
                 return withdrawn
             if task is not None:
                 withdrawn.append(task)
+
+    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
+        # A SimpleQueue cannot remove from its middle: take everything, put the rest back in
+        # order. Only the main thread submits, so nothing new arrives meanwhile.
+        withdrawn: list[ClaimedTask] = []
+        for task in self.take_not_started():
+            if task.id in task_ids:
+                withdrawn.append(task)
+            else:
+                self.tasks.put(task)
+        return withdrawn
+
+    def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
+        with self.lock:
+            if task_id not in self.running:
+                return "not running"
+            self.stopped[task_id] = reason
+        # Only a coroutine can be cancelled; a thread running sync code cannot be stopped.
+        if self.async_runner.cancel(task_id):
+            return "stopped"
+        with self.lock:
+            self.stopped.pop(task_id, None)
+        return "unstoppable"
 
     def stop_running(self) -> bool:
         # A thread cannot be killed: report whether any handler is still running.

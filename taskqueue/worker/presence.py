@@ -11,12 +11,13 @@ import os
 import socket
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.db.models.functions import Now
 
 from taskqueue.conf import settings as tq_settings
-from taskqueue.models import TaskType, Worker, WorkerStatus
-from taskqueue.registry import registry
+from taskqueue.models import CircuitState, TaskType, Worker, WorkerStatus
+from taskqueue.registry import HandlerSpec, registry
 from taskqueue.retry import DEFAULT_STRATEGY
 
 logger = logging.getLogger("taskqueue.worker.presence")
@@ -61,6 +62,7 @@ def register_worker(worker_id: str, queues: list[str], concurrency: int) -> None
                 default_timeout=spec.timeout,
                 rate_limit=spec.rate_limit or "",
                 concurrency_limit=spec.concurrency_limit,
+                **_breaker_fields(spec),
             )
             for spec in registry.specs()
             if spec.name not in existing
@@ -75,10 +77,29 @@ def register_worker(worker_id: str, queues: list[str], concurrency: int) -> None
             default_priority=spec.priority,
             default_max_attempts=spec.max_attempts,
             default_timeout=spec.timeout,
+            # Flow control as this worker's handler declares it, so every worker enforces
+            # the same limits (the last one to start wins) and the admin shows them.
+            rate_limit=spec.rate_limit or "",
+            concurrency_limit=spec.concurrency_limit,
+            **_breaker_fields(spec),
             is_active=True,
             last_seen_at=Now(),
             updated_at=Now(),
         )
+    # A handler that no longer has a breaker: nothing would ever close a circuit left open.
+    TaskType.objects.using(using).filter(
+        name__in=[spec.name for spec in registry.specs() if spec.circuit_breaker is None]
+    ).exclude(circuit_state=CircuitState.CLOSED, consecutive_failures=0).update(
+        circuit_state=CircuitState.CLOSED, circuit_opened_at=None, consecutive_failures=0
+    )
+
+
+def _breaker_fields(spec: HandlerSpec) -> dict[str, Any]:
+    breaker = spec.circuit_breaker
+    return {
+        "circuit_threshold": breaker.failures if breaker else None,
+        "circuit_cooldown": breaker.cooldown if breaker else None,
+    }
 
 
 def heartbeat(worker_id: str, tasks_processed: int) -> None:

@@ -15,7 +15,9 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -26,9 +28,9 @@ from taskqueue.models import AttemptOutcome
 from taskqueue.sql import ClaimedTask
 from taskqueue.worker import wire
 from taskqueue.worker.child import application_name, child_main
-from taskqueue.worker.executor import failed_attempt
+from taskqueue.worker.executor import cancelled_outcome, failed_attempt
 from taskqueue.worker.outcomes import Finished
-from taskqueue.worker.pools import OnFinished
+from taskqueue.worker.pools import OnFinished, StopResult
 
 logger = logging.getLogger("taskqueue.worker.processes")
 
@@ -98,6 +100,35 @@ class ProcessPool:
             withdrawn = list(self.waiting)
             self.waiting.clear()
         return withdrawn
+
+    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
+        with self.lock:
+            withdrawn = [task for task in self.waiting if task.id in task_ids]
+            if withdrawn:
+                self.waiting = deque(task for task in self.waiting if task.id not in task_ids)
+        return withdrawn
+
+    def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
+        with self.lock:
+            child = next(
+                (c for c in self.children if c.task is not None and c.task.id == task_id), None
+            )
+            if child is None:
+                return "not running"
+            if child.conn.poll():
+                # Its outcome is already in the pipe: the handler finished, nothing to stop.
+                self._receive(child)
+                if child not in self.children or child.task is None or child.task.id != task_id:
+                    return "not running"
+            task = child.task
+            self._kill(child)
+            child.task = None
+            self._replace(child, "was stopped: its task was cancelled")
+            outcome = cancelled_outcome(time.monotonic() - child.started, reason)
+            self.on_finished(Finished(task, outcome, None))
+            self._dispatch()
+        os.write(self.wake_write, b"x")  # the collector must watch the new child's pipe
+        return "stopped"
 
     def stop_running(self) -> bool:
         with self.lock:

@@ -200,3 +200,170 @@ _HOARD: list[bytes] = []
 def hoard_memory(mib: int) -> None:
     """Keep ``mib`` MiB alive in this process, as a leaking handler would."""
     _HOARD.append(b"x" * (mib * 2**20))
+
+
+# --- Workflows (depends_on, chain, group): tests/test_workflows.py -------------------------
+
+
+@taskqueue.handler("wf_step", takes_context=True)
+def wf_step(ctx: taskqueue.TaskContext, label: str, work: float = 0.0) -> dict:
+    """Report what this step saw of its upstream tasks, and when it ran (wall clock)."""
+    import time
+
+    started = time.time()
+    if work:
+        time.sleep(work)  # the handler's own work, so parallel steps overlap
+    return {
+        "label": label,
+        # Labels only: whole upstream results would nest ever deeper down a chain.
+        "upstream": [r["label"] if isinstance(r, dict) else r for r in ctx.upstream_results],
+        "started": started,
+        "finished": time.time(),
+    }
+
+
+@taskqueue.handler("wf_fails", max_attempts=1)
+def wf_fails(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+# --- cancellation and progress (tests/test_cancellation.py, tests/test_progress.py) -----------
+
+
+@taskqueue.handler("await_cancel", queue="cancel", takes_context=True, max_attempts=3)
+def await_cancel(ctx: taskqueue.TaskContext, key: str, then: str, seconds: float = 60) -> str:
+    """Mark the start with a Counter row, then work for ``seconds``, polling for a cancel.
+
+    On a cancel request: ``raise`` raises, ``retry`` raises Retry, ``return`` returns;
+    ``ignore`` never looks and just works on.
+    """
+    import time
+
+    from tests.testapp.models import Counter
+
+    Counter.objects.create(key=key)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if then != "ignore" and ctx.cancel_requested:
+            if then == "raise":
+                raise RuntimeError("stopping: a cancel was requested")
+            if then == "retry":
+                raise taskqueue.Retry("asked to stop")
+            return "stopped early"
+        time.sleep(0.05)  # the handler's own work between two looks at the flag
+    return "ran to the end"
+
+
+@taskqueue.handler("async_await_cancel", queue="cancel")
+async def async_await_cancel(key: str, seconds: float = 60) -> str:
+    """An async handler that marks its start, then ignores cancel requests."""
+    from tests.testapp.models import Counter
+
+    await Counter.objects.acreate(key=key)
+    await asyncio.sleep(seconds)
+    return "ran to the end"
+
+
+@taskqueue.handler("cancel_ledger", queue="cancel", max_attempts=1)
+def cancel_ledger(n: int, work_ms: float = 0) -> int:
+    """Record that the handler ran (a ledger row), work a little, and return ``n``."""
+    import time
+
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO testapp_ledgerentry (n, pid) VALUES (%s, %s)", [n, os.getpid()])
+    time.sleep(work_ms / 1000)  # the handler's own work, so cancels land while tasks run
+    return n
+
+
+@taskqueue.handler("progress_steps", takes_context=True)
+def progress_steps(ctx: taskqueue.TaskContext, steps: int, seconds: float, final: float) -> int:
+    """Report progress ``steps`` times over ``seconds``, then ``final`` just before returning."""
+    import time
+
+    for step in range(steps):
+        ctx.set_progress(step / steps * final, f"step {step} of {steps}")
+        time.sleep(seconds / steps)  # the handler's own work between two reports
+    ctx.set_progress(final, "last step")
+    return steps
+
+
+# --- flow control (pause, rate limit, concurrency limit, circuit breaker):
+# tests/test_flow_control.py -------------------------------------------------------------------
+
+
+@taskqueue.handler("flow_plain", queue="flow")
+def flow_plain(n: int = 0) -> int:
+    return n
+
+
+@taskqueue.handler("flow_marked", queue="flow")
+def flow_marked(key: str, seconds: float = 0.0) -> None:
+    """Leave a Counter row saying the handler has started, then work for ``seconds``."""
+    import time
+
+    from tests.testapp.models import Counter
+
+    Counter.objects.create(key=key)
+    time.sleep(seconds)  # the handler's own work, not test synchronisation
+
+
+@taskqueue.handler("flow_rated", queue="flow", rate_limit="10/s")
+def flow_rated(n: int) -> int:
+    return n
+
+
+@taskqueue.handler("flow_limited", queue="flow", concurrency_limit=2)
+def flow_limited(n: int, seconds: float = 0.2) -> None:
+    """Count the handlers of this type running at once (Counter 'flow:running'), keeping the
+    highest count seen in Counter 'flow:most'."""
+    import time
+
+    from django.db import transaction
+    from django.db.models import F
+
+    from tests.testapp.models import Counter
+
+    with transaction.atomic():
+        Counter.objects.filter(key="flow:running").update(value=F("value") + 1)
+        now_running = Counter.objects.get(key="flow:running").value
+        Counter.objects.filter(key="flow:most", value__lt=now_running).update(value=now_running)
+    time.sleep(seconds)  # the handler's own work, so runs overlap when the limit allows
+    Counter.objects.filter(key="flow:running").update(value=F("value") - 1)
+
+
+@taskqueue.handler(
+    "flow_breaker",
+    queue="flow",
+    max_attempts=50,
+    retry=taskqueue.Fixed(0),
+    circuit_breaker=taskqueue.CircuitBreaker(failures=3, cooldown=1.5),
+)
+def flow_breaker(n: int) -> int:
+    """Fail until a Counter row 'flow:healthy' exists, like a call to a service that is down."""
+    from tests.testapp.models import Counter
+
+    if not Counter.objects.filter(key="flow:healthy").exists():
+        raise ConnectionError("service unavailable")
+    return n
+
+
+# --- Schedules (recurring tasks; tests/test_schedule*.py, tests/test_admin_schedules.py) ---
+
+
+@taskqueue.handler("cleanup")
+def cleanup() -> None:
+    """The task of the documented SCHEDULES example ("nightly-cleanup")."""
+    return None
+
+
+@taskqueue.handler("schedule_tick")
+def schedule_tick(label: str = "") -> str:
+    return label
+
+
+# Declared only for the workers of the firing test: every other worker in the suite would
+# otherwise sync and fire it.
+if os.environ.get("TASKQUEUE_TEST_PERIODIC") == "1":
+    taskqueue.periodic("* * * * * *", name="test-every-second", payload={"label": "tick"})(
+        schedule_tick
+    )
