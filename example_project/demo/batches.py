@@ -9,7 +9,17 @@ from django.db import transaction
 import taskqueue
 from taskqueue.models import Task
 
-from .tasks import data_processing, flaky_sync, report_generation, sync_partner
+from .tasks import (
+    charge_order,
+    data_processing,
+    email_receipt,
+    flaky_sync,
+    make_invoice,
+    report_generation,
+    ship_order,
+    sync_partner,
+    validate_order,
+)
 
 REPORT_TYPES = ("sales", "inventory", "traffic")
 
@@ -28,7 +38,22 @@ def enqueue_first_batch(created_by: Any = None) -> list[Task]:
         tasks.append(report_generation.enqueue(options, report_type="sales", rows=1200))
         tasks.append(flaky_sync.enqueue(options, partner="acme-crm"))
         tasks.append(sync_partner.enqueue(options, partner="legacy-erp"))
+        tasks += enqueue_order(1001, 42.5, created_by=created_by)
     return tasks
+
+
+def enqueue_order(order_id: int, amount: float, created_by: Any = None) -> list[Task]:
+    """The order pipeline as one workflow: shown as a unit under Workflows in the admin."""
+    run = taskqueue.chain(
+        validate_order.step(order_id=order_id, amount=amount),
+        charge_order.step(order_id=order_id),
+        taskqueue.group(
+            email_receipt.step(order_id=order_id), make_invoice.step(order_id=order_id)
+        ),
+        ship_order.step(order_id=order_id),
+        name=f"order {order_id}",
+    ).enqueue(created_by=created_by)
+    return list(run.tasks)
 
 
 def enqueue_stream_tick(tick: int, created_by: Any = None) -> list[Task]:
@@ -47,4 +72,7 @@ def enqueue_stream_tick(tick: int, created_by: Any = None) -> list[Task]:
             "payload": {"report_type": REPORT_TYPES[tick % len(REPORT_TYPES)], "rows": 100 * tick},
         }
     )
-    return taskqueue.enqueue_many(items, created_by=created_by)
+    tasks = taskqueue.enqueue_many(items, created_by=created_by)
+    if tick % 3 == 0:
+        tasks += enqueue_order(2000 + tick, 10.0 + tick, created_by=created_by)
+    return tasks

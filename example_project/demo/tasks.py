@@ -76,3 +76,63 @@ def flaky_sync(ctx: taskqueue.TaskContext, partner: str) -> dict[str, Any]:
 def sync_partner(partner: str) -> None:
     """Always fail, so the task uses its three attempts and lands in the dead letters."""
     raise RuntimeError(f"{partner} rejected our credentials (HTTP 401; the demo always fails)")
+
+
+# --- The order pipeline: a workflow (see batches.enqueue_order) -----------------------------
+# validate -> charge -> (receipt email and invoice, in parallel) -> ship. Each step reads
+# what the steps before it returned through ctx.upstream_results.
+
+
+@taskqueue.handler("validate_order", description="Check an order before charging it")
+def validate_order(order_id: int, amount: float) -> dict[str, Any]:
+    if amount <= 0:
+        raise taskqueue.PermanentError(f"order {order_id} has no amount to charge")
+    return {"order_id": order_id, "amount": amount}
+
+
+@taskqueue.handler(
+    "charge_order",
+    takes_context=True,
+    rate_limit="5/s",
+    circuit_breaker=taskqueue.CircuitBreaker(failures=5, cooldown=30),
+    description="Charge the card through the payment provider (rate limited)",
+)
+def charge_order(ctx: taskqueue.TaskContext, order_id: int) -> dict[str, Any]:
+    (validated,) = ctx.upstream_results
+    return {"order_id": order_id, "charged": validated["amount"], "charge_id": f"ch_{order_id}"}
+
+
+@taskqueue.handler("email_receipt", takes_context=True, description="Email the receipt")
+def email_receipt(ctx: taskqueue.TaskContext, order_id: int) -> dict[str, Any]:
+    (charge,) = ctx.upstream_results
+    return {"order_id": order_id, "receipt_for": charge["charge_id"]}
+
+
+@taskqueue.handler("make_invoice", takes_context=True, description="Write the invoice")
+def make_invoice(ctx: taskqueue.TaskContext, order_id: int) -> dict[str, Any]:
+    (charge,) = ctx.upstream_results
+    return {"order_id": order_id, "invoice": f"INV-{order_id}", "total": charge["charged"]}
+
+
+@taskqueue.handler(
+    "ship_order",
+    takes_context=True,
+    concurrency_limit=2,
+    description="Book the courier once the receipt and invoice are done (2 at a time)",
+)
+def ship_order(ctx: taskqueue.TaskContext, order_id: int) -> dict[str, Any]:
+    receipt, invoice = ctx.upstream_results
+    return {"order_id": order_id, "shipped_with": invoice["invoice"], "notified": bool(receipt)}
+
+
+# --- A recurring task: shows up under Schedules in the admin --------------------------------
+
+
+@taskqueue.periodic("*/1 * * * *", name="demo-minutely-digest")
+@taskqueue.handler("queue_digest", description="Count the queue's tasks by status every minute")
+def queue_digest() -> dict[str, int]:
+    from django.db.models import Count
+
+    from taskqueue.models import Task
+
+    return dict(Task.objects.values_list("status").annotate(n=Count("id")).order_by())
