@@ -1,7 +1,7 @@
 """URLs of the example project: the admin, and the demo's index page."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from example_project.demo import views
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("enqueue-demo-batch/", views.enqueue_demo_batch, name="enqueue-demo-batch"),
     path("admin/", admin.site.urls),
+    path("taskqueue/", include("taskqueue.urls")),
 ]

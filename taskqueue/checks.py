@@ -60,6 +60,18 @@ def check_settings(
         if name == "RETENTION":
             messages += _check_retention(value)
             continue
+        if name == "ALERTS":
+            messages += _check_alerts(value)
+            continue
+        if name == "METRICS":
+            messages += _check_metrics(value)
+            continue
+        if name == "EVENTS":
+            messages += _check_events(value)
+            continue
+        if name == "HEALTH":
+            messages += _check_health(value)
+            continue
         for key, number in value.items():
             if key in DEFAULTS[name]:
                 messages += _positive(f"{name}'][{key!r}", number)
@@ -156,11 +168,120 @@ def check_settings(
                     id="taskqueue.W002",
                 )
             )
+    messages += _check_tokens(raw.get("MONITORING_TOKENS", DEFAULTS["MONITORING_TOKENS"]))
     messages += _check_schedules(raw.get("SCHEDULES", {}))
     return messages
 
 
 RETENTION_AGES = ("completed", "cancelled", "reviewed_dead", "workers")
+
+
+def _check_alerts(alerts: dict[str, Any]) -> list[CheckMessage]:
+    """EMAIL and WEBHOOK_CRITICAL_ONLY bools; WEBHOOK_URL an http(s) URL or None;
+    WEBHOOK_EVENTS known event names; THROTTLE and WEBHOOK_TIMEOUT positive seconds."""
+    from urllib.parse import urlsplit
+
+    from taskqueue.monitoring.alerts import EVENT_SIGNALS
+
+    messages: list[CheckMessage] = []
+    for key in ("EMAIL", "WEBHOOK_CRITICAL_ONLY"):
+        value = alerts.get(key, DEFAULTS["ALERTS"][key])
+        if not isinstance(value, bool):
+            messages.append(
+                _error(
+                    f"TASKQUEUE['ALERTS'][{key!r}] must be True or False, got {value!r}.",
+                    "taskqueue.E002",
+                )
+            )
+    url = alerts.get("WEBHOOK_URL")
+    if url is not None and not (
+        isinstance(url, str) and urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc
+    ):
+        messages.append(
+            _error(
+                "TASKQUEUE['ALERTS']['WEBHOOK_URL'] must be an http:// or https:// URL or "
+                f"None, got {url!r}.",
+                "taskqueue.E002",
+            )
+        )
+    events = alerts.get("WEBHOOK_EVENTS", DEFAULTS["ALERTS"]["WEBHOOK_EVENTS"])
+    if not isinstance(events, list | tuple) or not all(e in EVENT_SIGNALS for e in events):
+        messages.append(
+            _error(
+                "TASKQUEUE['ALERTS']['WEBHOOK_EVENTS'] must be a list of event names from "
+                f"{', '.join(map(repr, EVENT_SIGNALS))}, got {events!r}.",
+                "taskqueue.E002",
+            )
+        )
+    for key in ("THROTTLE", "WEBHOOK_TIMEOUT"):
+        value = alerts.get(key, DEFAULTS["ALERTS"][key])
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            messages.append(
+                _error(
+                    f"TASKQUEUE['ALERTS'][{key!r}] must be a positive number of seconds, "
+                    f"got {value!r}.",
+                    "taskqueue.E002",
+                )
+            )
+    return messages
+
+
+EVENT_SEVERITIES = ("info", "warning", "error")
+
+
+def _check_events(events: dict[str, Any]) -> list[CheckMessage]:
+    """LOG a bool; STREAM a severity or None (record nothing); KEEP positive seconds."""
+    messages: list[CheckMessage] = []
+    log = events.get("LOG", DEFAULTS["EVENTS"]["LOG"])
+    if not isinstance(log, bool):
+        messages.append(
+            _error(
+                f"TASKQUEUE['EVENTS']['LOG'] must be True or False, got {log!r}.", "taskqueue.E002"
+            )
+        )
+    stream = events.get("STREAM", DEFAULTS["EVENTS"]["STREAM"])
+    if stream is not None and stream not in EVENT_SEVERITIES:
+        messages.append(
+            _error(
+                "TASKQUEUE['EVENTS']['STREAM'] must be the lowest severity the live stream "
+                f"keeps ({', '.join(map(repr, EVENT_SEVERITIES))}) or None, got {stream!r}.",
+                "taskqueue.E002",
+            )
+        )
+    keep = events.get("KEEP", DEFAULTS["EVENTS"]["KEEP"])
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or keep <= 0:
+        messages.append(
+            _error(
+                f"TASKQUEUE['EVENTS']['KEEP'] must be a positive number of seconds, got {keep!r}.",
+                "taskqueue.E002",
+            )
+        )
+    return messages
+
+
+def _check_metrics(metrics: dict[str, Any]) -> list[CheckMessage]:
+    """FLUSH_INTERVAL a positive number of seconds; MINUTES_KEPT whole minutes, at least the
+    hour the stats view reports on."""
+    messages: list[CheckMessage] = []
+    interval = metrics.get("FLUSH_INTERVAL", DEFAULTS["METRICS"]["FLUSH_INTERVAL"])
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        messages.append(
+            _error(
+                "TASKQUEUE['METRICS']['FLUSH_INTERVAL'] must be a positive number of seconds, "
+                f"got {interval!r}.",
+                "taskqueue.E002",
+            )
+        )
+    kept = metrics.get("MINUTES_KEPT", DEFAULTS["METRICS"]["MINUTES_KEPT"])
+    if isinstance(kept, bool) or not isinstance(kept, int) or kept < 60:
+        messages.append(
+            _error(
+                "TASKQUEUE['METRICS']['MINUTES_KEPT'] must be a whole number of minutes, at "
+                f"least 60 (the stats view reports on the last hour), got {kept!r}.",
+                "taskqueue.E002",
+            )
+        )
+    return messages
 
 
 def _check_retention(retention: dict[str, Any]) -> list[CheckMessage]:
@@ -232,3 +353,74 @@ def _check_schedules(schedules: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+HEALTH_QUEUE_KEYS = ("MAX_PENDING", "MAX_OLDEST_PENDING")
+
+
+def _check_health(health: dict[str, Any]) -> list[CheckMessage]:
+    """Thresholds positive numbers; QUEUES maps queue names to threshold overrides; PUBLIC
+    a bool."""
+    messages: list[CheckMessage] = []
+    for key in ("MAX_PENDING", "MAX_OLDEST_PENDING", "MAX_DEAD_UNREVIEWED"):
+        if key in health:
+            messages += _positive_at(f"TASKQUEUE['HEALTH'][{key!r}]", health[key])
+    public = health.get("PUBLIC", False)
+    if not isinstance(public, bool):
+        messages.append(
+            _error(
+                f"TASKQUEUE['HEALTH']['PUBLIC'] must be True or False, got {public!r}.",
+                "taskqueue.E002",
+            )
+        )
+    queues = health.get("QUEUES", {})
+    if not isinstance(queues, dict):
+        return [
+            *messages,
+            _error(
+                "TASKQUEUE['HEALTH']['QUEUES'] must be a dict of queue name to thresholds, "
+                f"got {queues!r}.",
+                "taskqueue.E002",
+                hint='For example {"emails": {"MAX_PENDING": 50}}.',
+            ),
+        ]
+    for queue, overrides in queues.items():
+        where = f"TASKQUEUE['HEALTH']['QUEUES'][{queue!r}]"
+        if not isinstance(overrides, dict):
+            messages.append(_error(f"{where} must be a dict of thresholds.", "taskqueue.E002"))
+            continue
+        for key in sorted(set(overrides) - set(HEALTH_QUEUE_KEYS)):
+            messages.append(
+                _error(
+                    f"Unknown key {key!r} in {where}.",
+                    "taskqueue.E001",
+                    hint=f"Known keys: {', '.join(HEALTH_QUEUE_KEYS)}.",
+                )
+            )
+        for key in HEALTH_QUEUE_KEYS:
+            if key in overrides:
+                messages += _positive_at(f"{where}[{key!r}]", overrides[key])
+    return messages
+
+
+def _positive_at(where: str, value: Any) -> list[CheckMessage]:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return [_error(f"{where} must be a positive number, got {value!r}.", "taskqueue.E002")]
+    return []
+
+
+def _check_tokens(tokens: Any) -> list[CheckMessage]:
+    """A list of non-empty strings; the values are secrets and never appear in messages."""
+    if not isinstance(tokens, list | tuple) or not all(
+        isinstance(token, str) and len(token) >= 16 for token in tokens
+    ):
+        return [
+            _error(
+                "TASKQUEUE['MONITORING_TOKENS'] must be a list of token strings of at least "
+                "16 characters each.",
+                "taskqueue.E002",
+                hint="Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe())'",
+            )
+        ]
+    return []

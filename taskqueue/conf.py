@@ -38,16 +38,47 @@ DEFAULTS: dict[str, Any] = {
         "cron": "*/15 * * * *",
         "batch_size": 1000,
     },
+    # Health thresholds: over one it is degraded, over twice it unhealthy (dead letters:
+    # degraded only). QUEUES overrides MAX_PENDING / MAX_OLDEST_PENDING per queue
+    # ({"emails": {"MAX_PENDING": 50}}). PUBLIC lets anyone read the verdict (no details).
     "HEALTH": {
         "MAX_PENDING": 1000,
         "MAX_OLDEST_PENDING": 1800,
         "MAX_DEAD_UNREVIEWED": 10,
+        "QUEUES": {},
+        "PUBLIC": False,
+    },
+    # Bearer tokens accepted by the stats, health and metrics views besides staff sessions.
+    "MONITORING_TOKENS": [],
+    # Outcome metrics: how often a worker writes what it counted (seconds), and how many
+    # minutes of per-minute rows retention keeps (totals are kept forever).
+    "METRICS": {
+        "FLUSH_INTERVAL": 5,
+        "MINUTES_KEPT": 1440,
+    },
+    # Lifecycle events: LOG writes one "taskqueue.lifecycle" record per event; STREAM is the
+    # lowest severity kept for the live stream (None: none); KEEP is how long (seconds).
+    "EVENTS": {
+        "LOG": True,
+        "STREAM": "warning",
+        "KEEP": 86400,
+    },
+    # Alerts (taskqueue.monitoring.alerts): mail ADMINS when a task of a critical type is
+    # dead-lettered; post WEBHOOK_EVENTS to a Slack-compatible webhook; each kind of alert at
+    # most once per THROTTLE seconds across all processes, then a summary.
+    "ALERTS": {
+        "EMAIL": True,
+        "WEBHOOK_URL": None,
+        "WEBHOOK_EVENTS": ["dead_lettered", "circuit_opened", "schedule_late"],
+        "WEBHOOK_CRITICAL_ONLY": False,
+        "WEBHOOK_TIMEOUT": 5,
+        "THROTTLE": 300,
     },
 }
 
 # Settings whose value is a dict of sub-keys: a project overriding one sub-key keeps the
 # defaults of the others.
-MERGED_DICTS = frozenset({"RETENTION", "HEALTH"})
+MERGED_DICTS = frozenset({"RETENTION", "HEALTH", "METRICS", "EVENTS", "ALERTS"})
 
 
 def user_settings() -> dict[str, Any]:

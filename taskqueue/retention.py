@@ -30,6 +30,8 @@ HANDLER_TIMEOUT = 300.0
 
 KIND_LABELS = {
     "workers": "stopped or lost workers",
+    "metrics": "per-minute metrics rows",
+    "events": "lifecycle events",
     "resolved_dead_letters": "resolved dead letters",
     "reviewed_dead": "reviewed dead tasks",
     "cancelled": "cancelled tasks",

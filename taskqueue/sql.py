@@ -52,6 +52,8 @@ class ClaimedTask:
     timeout: float | None
     lease_id: uuid.UUID
     started_at: datetime | None
+    # When it became due (database clock): started_at - run_at is the wait time metric.
+    run_at: datetime | None = None
 
 
 def vendor(using: str) -> str:
@@ -82,6 +84,7 @@ CLAIMED_COLUMNS = (
     "retry",
     "timeout",
     "started_at",
+    "run_at",
 )
 
 
@@ -155,6 +158,7 @@ def claim_due(
             timeout=row[8],
             lease_id=lease,
             started_at=_as_datetime(row[9]) if row[9] is not None else None,
+            run_at=_as_datetime(row[10]) if row[10] is not None else None,
         )
         for row in rows
     ]

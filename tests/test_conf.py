@@ -42,9 +42,26 @@ def test_defaults_match_the_documented_contract() -> None:
             "cron": "*/15 * * * *",
             "batch_size": 1000,
         },
-        "HEALTH": {"MAX_PENDING": 1000, "MAX_OLDEST_PENDING": 1800, "MAX_DEAD_UNREVIEWED": 10},
+        "HEALTH": {
+            "MAX_PENDING": 1000,
+            "MAX_OLDEST_PENDING": 1800,
+            "MAX_DEAD_UNREVIEWED": 10,
+            "QUEUES": {},
+            "PUBLIC": False,
+        },
+        "MONITORING_TOKENS": [],
+        "METRICS": {"FLUSH_INTERVAL": 5, "MINUTES_KEPT": 1440},
+        "EVENTS": {"LOG": True, "STREAM": "warning", "KEEP": 86400},
+        "ALERTS": {
+            "EMAIL": True,
+            "WEBHOOK_URL": None,
+            "WEBHOOK_EVENTS": ["dead_lettered", "circuit_opened", "schedule_late"],
+            "WEBHOOK_CRITICAL_ONLY": False,
+            "WEBHOOK_TIMEOUT": 5,
+            "THROTTLE": 300,
+        },
     }
-    assert MERGED_DICTS == {"RETENTION", "HEALTH"}
+    assert MERGED_DICTS == {"RETENTION", "HEALTH", "METRICS", "EVENTS", "ALERTS"}
 
 
 def test_test_settings_are_read() -> None:
@@ -96,6 +113,8 @@ def test_retention_override_example() -> None:
             "MAX_PENDING": 5,
             "MAX_OLDEST_PENDING": 1800,
             "MAX_DEAD_UNREVIEWED": 10,
+            "QUEUES": {},
+            "PUBLIC": False,
         }
 
 

@@ -112,7 +112,7 @@ def report_late_schedules(now: datetime | None = None) -> list[LateSchedule]:
             f"schedule {item.name!r} is late: its next success was due by "
             f"{item.due_at.isoformat()} ({item.late_by:.0f} s ago)"
         )
-        logger.warning(message, extra={"schedule": item.name, "task_type": item.task_type})
+        # Logged by the taskqueue.lifecycle receiver, like every event.
         emit(
             signals.schedule_late,
             name="schedule_late",

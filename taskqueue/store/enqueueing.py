@@ -271,6 +271,7 @@ def _emit_enqueued(*tasks: Task) -> None:
             task_id=task.id,
             task_type=task.task_type,
             queue=task.queue,
+            attempt=task.attempts,
             max_attempts=task.max_attempts,
             message=f"enqueued {task.task_type}",
         )

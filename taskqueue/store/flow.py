@@ -279,11 +279,8 @@ def _announce_closed(using: str, task_type: str, message: str) -> None:
 
 
 def _announce(signal: Any, task_type: str, message: str) -> None:
+    # Logged by the taskqueue.lifecycle receiver, like every event.
     opened = signal is signals.circuit_opened
-    if opened:
-        logger.warning(message, extra={"task_type": task_type})
-    else:
-        logger.info(message, extra={"task_type": task_type})
     emit(
         signal,
         name="circuit_opened" if opened else "circuit_closed",

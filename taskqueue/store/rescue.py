@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
+from typing import Any
 from uuid import UUID
 
 from django.db import connections, transaction
@@ -40,6 +43,8 @@ class RescueResult:
     dead_lettered: list[UUID] = field(default_factory=list)
     cancelled: list[UUID] = field(default_factory=list)
     lost_workers: list[str] = field(default_factory=list)
+    # Each rescued task and the status it was left in, for the rescuer's outcome metrics.
+    outcomes: list[tuple[ClaimedTask, str]] = field(default_factory=list)
 
 
 def rescue_stale_tasks(stale_after: float, rescuer: str, rng: random.Random) -> RescueResult:
@@ -121,28 +126,39 @@ def _rescue_one(row: dict, rescuer: str, rng: random.Random, result: RescueResul
     status = fail_attempt(
         task, dead=dead, delay=delay, cancel_reason=f"cancelled; {error}", **failure
     )
-    log_extra = {"task_id": str(task.id), "task_type": task.task_type}
+    if status is not None:
+        result.outcomes.append((task, status))
+    # Announced once the rescue commits (the taskqueue.lifecycle log record included): a
+    # rolled-back rescue changed nothing.
     if status == TaskStatus.CANCELLED:
         result.cancelled.append(task.id)
-        emit_for(task, signals.task_cancelled, "cancelled", **announced)
-        logger.warning("cancelled rescued task %s: %s", task.id, error, extra=log_extra)
+        _on_commit(emit_for, task, signals.task_cancelled, "cancelled", **announced)
         return
     if status is None:
         return
-    emit_for(task, signals.task_failed, "failed", severity=Severity.WARNING, **announced)
+    failed = {"severity": Severity.WARNING, **announced}
+    _on_commit(emit_for, task, signals.task_failed, "failed", **failed)
     if status == TaskStatus.FAILED:
         result.dead_lettered.append(task.id)
-        emit_for(
-            task, signals.task_dead_lettered, "dead_lettered", severity=Severity.ERROR, **announced
+        _on_commit(
+            emit_for,
+            task,
+            signals.task_dead_lettered,
+            "dead_lettered",
+            severity=Severity.ERROR,
+            **announced,
         )
-        logger.error("dead-lettered task %s: %s", task.id, error, extra=log_extra)
         return
     result.retried.append(task.id)
-    emit_for(
+    _on_commit(
+        emit_for,
         task,
         signals.task_retry_scheduled,
         "retry_scheduled",
         severity=Severity.WARNING,
         **announced,
     )
-    logger.warning("rescued task %s: %s", task.id, error, extra=log_extra)
+
+
+def _on_commit(func: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    transaction.on_commit(partial(func, *args, **kwargs), using=database_alias())

@@ -4,7 +4,8 @@ Which rows may go is decided here, once, for both the deletion and the dry run: 
 cancelled tasks past their age, failed tasks whose dead letter was reviewed long enough ago,
 dead letters resolved (their task retried) long ago, workflows left without tasks, and rows
 of workers that stopped or were lost long ago. A finished task that an unfinished task still
-depends on is kept: the dependent will read its upstream's result when it runs.
+depends on is kept: the dependent will read its upstream's result when it runs. Per-minute
+outcome metrics go after ``METRICS["MINUTES_KEPT"]`` minutes; their totals never do.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from django.db import models, transaction
 from django.db.models import Exists, OuterRef, Q
 
 from taskqueue import sql
+from taskqueue.conf import settings as tq_settings
 from taskqueue.models import (
     UNFINISHED_STATES,
     DeadLetter,
+    EventRecord,
+    MetricsMinute,
     Task,
     TaskDependency,
     TaskStatus,
@@ -33,6 +37,8 @@ from taskqueue.models import (
 # once the run has deleted the tasks that kept them.
 PRUNE_KINDS = (
     "workers",
+    "metrics",
+    "events",
     "resolved_dead_letters",
     "reviewed_dead",
     "cancelled",
@@ -70,6 +76,10 @@ class Cutoffs:
             age = retention.get(key)
             before[kind] = None if age is None else now - timedelta(seconds=age)
         before["workflows"] = now - WORKFLOW_GRACE
+        # Per-minute outcome rows; the totals (MetricsTotal) are never pruned.
+        before["metrics"] = now - timedelta(minutes=tq_settings.METRICS["MINUTES_KEPT"])
+        # Events kept for the live stream (EVENTS["KEEP"] seconds).
+        before["events"] = now - timedelta(seconds=tq_settings.EVENTS["KEEP"])
         return cls(now=now, before=before)
 
 
@@ -111,6 +121,10 @@ def prunable(kind: str, using: str, cutoffs: Cutoffs) -> models.QuerySet[Any] | 
         )
     if kind == "resolved_dead_letters":
         return DeadLetter.objects.using(using).filter(resolved_at__lt=before)
+    if kind == "metrics":
+        return MetricsMinute.objects.using(using).filter(minute__lt=before)
+    if kind == "events":
+        return EventRecord.objects.using(using).filter(time__lt=before)
     if kind == "workers":
         # Stopping sets last_heartbeat too, so it is the age of both stopped and lost rows.
         return Worker.objects.using(using).filter(
@@ -130,6 +144,8 @@ _ORDER = {
     "reviewed_dead": ("completed_at",),
     "resolved_dead_letters": ("resolved_at",),
     "workers": ("last_heartbeat",),
+    "metrics": ("minute",),
+    "events": ("time",),
     "workflows": ("created_at",),
 }
 

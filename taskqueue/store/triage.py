@@ -70,7 +70,7 @@ def cancel(task_or_id: Task | uuid.UUID | str, *, reason: str = "cancelled") -> 
         )
         if cancelled:
             workflows.cascade_cancellation(using, task_id, reason)
-            emit(signals.task_cancelled, name="cancelled", task_id=task_id, message=reason)
+            _announce_cancelled(using, task_id, reason)
             return True
         # Only a running task gets the flag: a completion (which matches running) is never
         # undone, and a worker recording a failure reads the flag under lock.
@@ -84,6 +84,31 @@ def cancel(task_or_id: Task | uuid.UUID | str, *, reason: str = "cancelled") -> 
         if not unfinished.exists():
             return False  # finished, or no such task
     return False
+
+
+def _announce_cancelled(using: str, task_id: uuid.UUID, reason: str) -> None:
+    # Read back for the event's context; sent on commit, so a cancel rolled back with the
+    # caller's transaction is never announced.
+    row = (
+        Task.objects.using(using)
+        .filter(id=task_id)
+        .values_list("task_type", "queue", "attempts", "max_attempts")
+        .first()
+    )
+    task_type, queue, attempts, max_attempts = row or ("", "", None, None)
+    transaction.on_commit(
+        lambda: emit(
+            signals.task_cancelled,
+            name="cancelled",
+            task_id=task_id,
+            task_type=task_type,
+            queue=queue,
+            attempt=attempts,
+            max_attempts=max_attempts,
+            message=reason,
+        ),
+        using=using,
+    )
 
 
 def cancel_tasks(task_ids: Iterable[uuid.UUID]) -> int:

@@ -37,6 +37,7 @@ def child_main(
     django.setup()
     from django.db import connections
 
+    from taskqueue.monitoring import stream
     from taskqueue.worker import wire
     from taskqueue.worker.executor import AsyncRunner
     from taskqueue.worker.memory import over_ceiling, resident_mib
@@ -48,6 +49,7 @@ def child_main(
             options["application_name"] = application_name(worker_id, slot)
     async_runner = AsyncRunner()
     rng = random.Random()
+    stream.in_handler_process()
     conn.send_bytes(wire.encode({"kind": "ready", "pid": os.getpid()}))
     while True:
         try:
@@ -58,6 +60,7 @@ def child_main(
             break
         task = wire.task_from_message(message)
         finished = run_task(task, worker_id, async_runner, rng)
+        stream.flush_after_task()
         message = wire.outcome_message(finished.outcome)
         if over_ceiling(max_memory):
             # Said with the outcome, so the worker gives this process no further task and

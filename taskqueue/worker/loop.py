@@ -26,6 +26,8 @@ from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
+from taskqueue.monitoring import stream as event_stream
+from taskqueue.monitoring.recorder import Recorder, flush_at_stop
 from taskqueue.schedules.worker import schedule_duties, sync_at_start
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence
@@ -97,6 +99,7 @@ class Worker:
         self.stranded_handlers = False  # handler threads still running that cannot be stopped
         self.gates = Gates(self.using, config.poll_interval)
         self.cancel_watch = CancelWatch(config.cancel_grace, self._finished, config.worker_id)
+        self.recorder = Recorder(config.worker_id, self.using)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -104,8 +107,11 @@ class Worker:
         """Work until stopped (signal, ``--burst`` drained, ``--max-tasks`` reached); exit code."""
         self._install_signal_handlers()
         worker_id = self.config.worker_id
+        # Events for the live stream wait in memory; the duty thread writes them in bulk.
+        event_stream.recorder.start_buffering()
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
-        store.rescue_own_tasks(worker_id, random.Random())
+        self.recorder.sync_clock()
+        self.recorder.count_rescued(store.rescue_own_tasks(worker_id, random.Random()).outcomes)
         sync_at_start()
         duties = DutyThread(
             self.using,
@@ -117,6 +123,8 @@ class Worker:
                 ),
                 Duty("rescue", self.config.rescue_interval, self._rescue),
                 Duty("workflows", self.config.rescue_interval, store.workflows.sweep_waiting_tasks),
+                Duty("metrics", tq_settings.METRICS["FLUSH_INTERVAL"], self.recorder.flush),
+                Duty("events", event_stream.FLUSH_INTERVAL, event_stream.flush),
                 *schedule_duties(self.wake),
             ],
             self.rng,
@@ -127,17 +135,21 @@ class Worker:
         if vendor(self.using) == "postgresql" and not self.config.burst:
             listener = ListenerThread(self.using, self.config.queues, self.wake)
             listener.start()
+        # Logged by the taskqueue.lifecycle receiver, like every event.
         emit(
             signals.worker_started,
             name="worker_started",
             worker_id=worker_id,
-            message=f"worker {worker_id} started",
-        )
-        logger.info(
-            "worker %s serving queues %s with concurrency %d",
-            worker_id,
-            ",".join(self.config.queues),
-            self.config.concurrency,
+            message=(
+                f"worker {worker_id} started, serving queues {','.join(self.config.queues)} "
+                f"with concurrency {self.config.concurrency} ({self.config.pool})"
+            ),
+            extra={
+                "queues": list(self.config.queues),
+                "concurrency": self.config.concurrency,
+                "pool": self.config.pool,
+                "pid": os.getpid(),
+            },
         )
         try:
             self._loop()
@@ -146,6 +158,7 @@ class Worker:
             duties.stop()
             if listener is not None:
                 listener.stop()
+            flush_at_stop(self.recorder)
             self._say_goodbye()
         return 0
 
@@ -153,6 +166,7 @@ class Worker:
         rescued = store.rescue_stale_tasks(
             self.config.stale_after, self.config.worker_id, random.Random()
         )
+        self.recorder.count_rescued(rescued.outcomes)
         if rescued.retried:
             self.wake()  # some may be due at once: claim them
 
@@ -317,6 +331,7 @@ class Worker:
             self.in_hand.pop(item.task.id, None)
             self.processed += 1
             self.mean_duration += DURATION_SMOOTHING * (item.outcome.duration - self.mean_duration)
+            self.recorder.count_finished(item.task, item.outcome)
             outcomes.announce(item, self.config.worker_id)
 
     # --- stopping ------------------------------------------------------------------------
@@ -365,8 +380,12 @@ class Worker:
             name="worker_stopped",
             worker_id=self.config.worker_id,
             message=f"worker {self.config.worker_id} stopped after {self.processed} task(s)",
+            extra={"processed": self.processed, "pid": os.getpid()},
         )
-        logger.info("worker %s stopped after %d task(s)", self.config.worker_id, self.processed)
+        try:
+            event_stream.flush()  # the duty thread has stopped: write what it left
+        except DatabaseError:
+            logger.warning("could not record the worker's last events", exc_info=True)
         connections.close_all()
         # A handler thread stuck past the shutdown timeout cannot be killed; its task is
         # already released (its late write will be fenced off), so do not wait for it.

@@ -91,14 +91,9 @@ def announce(item: Finished, worker_id: str) -> None:
     if outcome.kind in (SUCCEEDED, COMMITTED):
         store.emit_for(task, signals.task_succeeded, name="succeeded", **common)
         return
+    # No log lines of its own here: the taskqueue.lifecycle receiver writes one record per
+    # event, with this context as extra= fields (taskqueue.monitoring.logging).
     if outcome.kind == CANCELLED:
-        logger.info(
-            "task %s (%s) %s",
-            task.id,
-            task.task_type,
-            outcome.error,
-            extra={"task_id": str(task.id), "task_type": task.task_type},
-        )
         store.emit_for(
             task,
             signals.task_cancelled,
@@ -115,43 +110,21 @@ def announce(item: Finished, worker_id: str) -> None:
         "message": outcome.error,
         "traceback": outcome.traceback,
     }
-    log_extra = {
-        "task_id": str(task.id),
-        "task_type": task.task_type,
-        "attempt": task.attempts,
-        "duration_ms": round(outcome.duration * 1000),
-    }
     store.emit_for(task, signals.task_failed, name="failed", severity=Severity.WARNING, **failure)
     if outcome.attempt_outcome == AttemptOutcome.TIMED_OUT:
         store.emit_for(
             task, signals.task_timed_out, name="timed_out", severity=Severity.WARNING, **failure
         )
     if outcome.kind == RETRY:
-        logger.info(
-            "task %s (%s) attempt %d failed: %s; retrying in %.1f s",
-            task.id,
-            task.task_type,
-            task.attempts,
-            outcome.error,
-            outcome.delay,
-            extra=log_extra,
-        )
         store.emit_for(
             task,
             signals.task_retry_scheduled,
             name="retry_scheduled",
             severity=Severity.WARNING,
-            **failure,
+            **{**failure, "message": f"retrying in {outcome.delay:.1f} s: {outcome.error}"},
+            extra={"delay": outcome.delay},
         )
     else:
-        logger.error(
-            "task %s (%s) dead-lettered after attempt %d: %s",
-            task.id,
-            task.task_type,
-            task.attempts,
-            outcome.error,
-            extra=log_extra,
-        )
         store.emit_for(
             task,
             signals.task_dead_lettered,

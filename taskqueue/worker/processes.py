@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from django.db import DatabaseError, connections
 
 from taskqueue.models import AttemptOutcome
+from taskqueue.monitoring import stream as event_stream
 from taskqueue.sql import ClaimedTask
 from taskqueue.worker import wire
 from taskqueue.worker.child import application_name, child_main
@@ -198,6 +199,8 @@ class ProcessPool:
             child.task = task
             child.started = time.monotonic()
             child.deadline = child.started + task.timeout if task.timeout else None
+            # The stream's record of the start (the child sends the signal itself).
+            event_stream.record_started(task, self.worker_id)
 
     def _replace(self, child: _Child, why: str) -> None:
         """Start a new child in ``child``'s slot (call with the lock held)."""

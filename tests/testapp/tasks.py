@@ -367,3 +367,115 @@ if os.environ.get("TASKQUEUE_TEST_PERIODIC") == "1":
     taskqueue.periodic("* * * * * *", name="test-every-second", payload={"label": "tick"})(
         schedule_tick
     )
+
+
+# --- Alerts (tests/test_alerts.py): dead letters of a critical and of an ordinary type ---
+
+
+class AlertTestError(Exception):
+    """What the alert test handlers raise, so mails and webhooks can be told apart."""
+
+
+@taskqueue.handler("alerts_critical_fail", queue="alerts", max_attempts=1, critical=True)
+def alerts_critical_fail(order: int) -> None:
+    raise AlertTestError(f"card declined for order {order}")
+
+
+@taskqueue.handler("alerts_plain_fail", queue="alerts", max_attempts=1)
+def alerts_plain_fail(order: int) -> None:
+    raise AlertTestError(f"thumbnail failed for order {order}")
+
+
+# --- Lifecycle events (tests/test_events.py, tests/test_event_stream.py) -------------------
+# With TASKQUEUE_TEST_EVENTS_FILE set, every process (worker, handler process) appends each
+# event it sends to that file as one JSON line; with TASKQUEUE_TEST_RAISING_RECEIVER=1 a
+# receiver that always raises is connected too.
+
+
+def _write_event_line(sender, event, **kwargs) -> None:
+    import json
+
+    line = json.dumps(
+        {
+            "name": event.name,
+            "severity": event.severity,
+            "task_id": str(event.task_id) if event.task_id else None,
+            "task_type": event.task_type,
+            "queue": event.queue,
+            "attempt": event.attempt,
+            "max_attempts": event.max_attempts,
+            "duration": event.duration,
+            "message": event.message,
+            "error_type": event.error_type,
+            "traceback": event.traceback,
+            "worker_id": event.worker_id,
+            "time": event.time.isoformat(),
+            "pid": os.getpid(),
+        }
+    )
+    # One write of a whole line with O_APPEND: lines from several processes never interleave.
+    fd = os.open(os.environ["TASKQUEUE_TEST_EVENTS_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _raising_receiver(sender, event, **kwargs) -> None:
+    raise RuntimeError(f"receiver failure on {event.name}")
+
+
+def _connect_test_receivers() -> None:
+    from django.dispatch import Signal
+
+    from taskqueue import signals
+
+    for value in vars(signals).values():
+        if not isinstance(value, Signal):
+            continue
+        if os.environ.get("TASKQUEUE_TEST_EVENTS_FILE"):
+            value.connect(_write_event_line, dispatch_uid="tests.events_file")
+        if os.environ.get("TASKQUEUE_TEST_RAISING_RECEIVER") == "1":
+            value.connect(_raising_receiver, dispatch_uid="tests.raising_receiver")
+
+
+_connect_test_receivers()
+
+
+@taskqueue.handler("events_ok", queue="events")
+def events_ok(n: int = 0) -> int:
+    return n
+
+
+@taskqueue.handler("events_fail", queue="events", max_attempts=2, retry=taskqueue.Fixed(0))
+def events_fail(message: str = "events boom") -> None:
+    raise KeyError(message)
+
+
+@taskqueue.handler("events_slow", queue="events", max_attempts=1, timeout=1)
+def events_slow(seconds: float = 30) -> None:
+    import time
+
+    time.sleep(seconds)  # overruns its timeout on purpose
+
+
+# --- outcome metrics recorder (tests/test_metrics.py) --------------------------------------
+
+
+@taskqueue.handler("metrics_sleep", queue="metrics")
+def metrics_sleep(seconds: float = 0.0) -> None:
+    import time
+
+    time.sleep(seconds)  # a known run time for the run-time histogram
+
+
+@taskqueue.handler("metrics_fails", queue="metrics", max_attempts=2, retry=taskqueue.Fixed(0))
+def metrics_fails() -> None:
+    raise ValueError("metrics: always fails")
+
+
+@taskqueue.handler("metrics_timeout", queue="metrics", timeout=0.5, max_attempts=1)
+def metrics_timeout() -> None:
+    import time
+
+    time.sleep(30)  # killed at the 0.5 s timeout

@@ -1,0 +1,306 @@
+"""The worker side of outcome metrics: count in memory, write every few seconds.
+
+The main thread counts each outcome it has written (and the duty thread each task rescue
+took back) with a few dict and list increments: no I/O on the hot path. A duty flushes the
+counts every ``METRICS["FLUSH_INTERVAL"]`` seconds, and the worker flushes once more when it
+stops. A flush adds the counts to this worker's ``MetricsMinute`` rows (only this worker
+writes them: no contention between workers) and to the shared ``MetricsTotal`` rows, all in
+one short transaction: it lands whole or not at all, and when it fails the counts stay in
+memory for the next flush, so nothing is lost and nothing is counted twice.
+
+Minutes are minutes of the database clock: the worker measures its offset from it at start
+and at every flush, so workers on hosts with skewed clocks still fill the same minutes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from django.db import IntegrityError, connections, transaction
+from django.db.models import F
+from django.db.models.functions import Now
+from django.db.utils import InterfaceError, OperationalError
+
+from taskqueue import sql
+from taskqueue.models import AttemptOutcome, MetricsMinute, MetricsTotal, TaskStatus
+from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
+from taskqueue.sql import ClaimedTask
+from taskqueue.worker.executor import CANCELLED, COMMITTED, DEAD, RETRY, SUCCEEDED, Outcome
+
+logger = logging.getLogger("taskqueue.monitoring.recorder")
+
+
+class Counts:
+    """What one worker counted for one (minute, task type, queue) since its last flush."""
+
+    __slots__ = (
+        "cancelled",
+        "dead_lettered",
+        "failed",
+        "retried",
+        "run_histogram",
+        "run_seconds",
+        "succeeded",
+        "timed_out",
+        "wait_histogram",
+        "wait_seconds",
+    )
+
+    def __init__(self) -> None:
+        self.succeeded = 0
+        self.failed = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self.cancelled = 0
+        self.timed_out = 0
+        self.run_seconds = 0.0
+        self.wait_seconds = 0.0
+        self.run_histogram = [0] * BUCKETS
+        self.wait_histogram = [0] * BUCKETS
+
+    def add(self, other: Counts) -> None:
+        for name in COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.run_seconds += other.run_seconds
+        self.wait_seconds += other.wait_seconds
+        self.run_histogram = merge_histograms(self.run_histogram, other.run_histogram)
+        self.wait_histogram = merge_histograms(self.wait_histogram, other.wait_histogram)
+
+    def ran(self, seconds: float) -> None:
+        self.run_seconds += seconds
+        self.run_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
+
+    def waited(self, seconds: float) -> None:
+        self.wait_seconds += seconds
+        self.wait_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
+
+
+def merge_histograms(stored: Iterable[int] | None, delta: Iterable[int]) -> list[int]:
+    """Element-wise sum; a stored histogram that is empty (a new row) counts as zeros."""
+    left, right = list(stored or ()), list(delta)
+    size = max(len(left), len(right))
+    left += [0] * (size - len(left))
+    right += [0] * (size - len(right))
+    return [a + b for a, b in zip(left, right, strict=True)]
+
+
+# (minute number since the epoch, task type, queue)
+Key = tuple[int, str, str]
+
+
+class Recorder:
+    """One worker's outcome counters (thread-safe: counted on one thread, flushed on another)."""
+
+    def __init__(self, worker_id: str, using: str) -> None:
+        self.worker_id = worker_id
+        self.using = using
+        self.pending: dict[Key, Counts] = {}
+        self.lock = threading.Lock()  # guards ``pending``
+        self.flush_lock = threading.Lock()  # one flush at a time (duty thread, worker stop)
+        # Database clock (seconds since the epoch) minus time.monotonic().
+        self.offset = time.time() - time.monotonic()
+
+    # --- counting (hot path) -------------------------------------------------------------
+
+    def sync_clock(self, using: str | None = None) -> None:
+        """Measure the offset of the database clock (one query)."""
+        before = time.monotonic()
+        now = sql.db_now(using or self.using).timestamp()
+        after = time.monotonic()
+        self.offset = now - (before + after) / 2
+
+    def _counts(self, task: ClaimedTask) -> Counts:
+        # Called with the lock held.
+        key = (int((time.monotonic() + self.offset) // 60), task.task_type, task.queue)
+        counts = self.pending.get(key)
+        if counts is None:
+            counts = self.pending[key] = Counts()
+        return counts
+
+    def count_finished(self, task: ClaimedTask, outcome: Outcome) -> None:
+        """Count one outcome the worker has written, the way it is announced."""
+        kind = outcome.kind
+        wait = _wait_seconds(task)
+        with self.lock:
+            counts = self._counts(task)
+            if kind == SUCCEEDED or kind == COMMITTED:
+                counts.succeeded += 1
+            elif kind == CANCELLED:
+                counts.cancelled += 1
+            else:
+                counts.failed += 1
+                if kind == RETRY:
+                    counts.retried += 1
+                elif kind == DEAD:
+                    counts.dead_lettered += 1
+                if outcome.attempt_outcome == AttemptOutcome.TIMED_OUT:
+                    counts.timed_out += 1
+            # A task withdrawn before it started (cancelled, duration 0) never ran.
+            if kind != CANCELLED or outcome.duration > 0:
+                counts.ran(outcome.duration)
+            if wait is not None:
+                counts.waited(wait)
+
+    def count_rescued(self, outcomes: Iterable[tuple[ClaimedTask, str]]) -> None:
+        """Count the tasks a rescue took back from a dead worker: each a failed attempt
+        (retried or dead-lettered), or a cancellation. How long they ran is unknown."""
+        for task, status in outcomes:
+            wait = _wait_seconds(task)
+            with self.lock:
+                counts = self._counts(task)
+                if status == TaskStatus.CANCELLED:
+                    counts.cancelled += 1
+                else:
+                    counts.failed += 1
+                    if status == TaskStatus.FAILED:
+                        counts.dead_lettered += 1
+                    else:
+                        counts.retried += 1
+                if wait is not None:
+                    counts.waited(wait)
+
+    def take(self) -> dict[Key, Counts]:
+        with self.lock:
+            taken, self.pending = self.pending, {}
+        return taken
+
+    def give_back(self, taken: dict[Key, Counts]) -> None:
+        """Put counts whose write failed back, merged with those counted since."""
+        with self.lock:
+            for key, counts in taken.items():
+                current = self.pending.get(key)
+                if current is None:
+                    self.pending[key] = counts
+                else:
+                    current.add(counts)
+
+    # --- flushing (duty thread, and once at stop) ----------------------------------------
+
+    def flush(self) -> int:
+        """Write what was counted since the last flush; return the (minute, type, queue)
+        keys written. On a database error the counts are kept and the error re-raised."""
+        with self.flush_lock:
+            taken = self.take()
+            if not taken:
+                return 0
+            try:
+                self._write(taken)
+            except BaseException:
+                self.give_back(taken)
+                raise
+            try:
+                self.sync_clock()
+            except Exception:
+                # The counts are written; a stale offset only matters for minutes.
+                logger.debug("could not read the database clock", exc_info=True)
+            return len(taken)
+
+    def _write(self, taken: dict[Key, Counts]) -> None:
+        totals: dict[tuple[str, str], Counts] = {}
+        for (_, task_type, queue), counts in taken.items():
+            totals.setdefault((task_type, queue), Counts()).add(counts)
+        with transaction.atomic(using=self.using):
+            # Sorted: two workers flushing at once lock the shared total rows in one order.
+            for key in sorted(taken):
+                self._add_to_minute(key, taken[key])
+            for key in sorted(totals):
+                self._add_to_total(key, totals[key])
+
+    def _add_to_minute(self, key: Key, counts: Counts) -> None:
+        minute, task_type, queue = key
+        lookup = {
+            "minute": datetime.fromtimestamp(minute * 60, tz=UTC),
+            "worker_id": self.worker_id,
+            "task_type": task_type,
+            "queue": queue,
+        }
+        rows = MetricsMinute.objects.using(self.using)
+        row = rows.select_for_update().filter(**lookup).first()
+        if row is None:
+            try:
+                # A savepoint: a row created meanwhile (a previous process of this worker
+                # id) must not spoil the whole flush.
+                with transaction.atomic(using=self.using):
+                    rows.create(**lookup, **_values(counts, wait=True))
+                return
+            except IntegrityError:
+                row = rows.select_for_update().get(**lookup)
+        for name in COUNTERS:
+            setattr(row, name, getattr(row, name) + getattr(counts, name))
+        row.run_seconds += counts.run_seconds
+        row.wait_seconds += counts.wait_seconds
+        row.run_histogram = merge_histograms(row.run_histogram, counts.run_histogram)
+        row.wait_histogram = merge_histograms(row.wait_histogram, counts.wait_histogram)
+        row.save(using=self.using)
+
+    def _add_to_total(self, key: tuple[str, str], counts: Counts) -> None:
+        task_type, queue = key
+        rows = MetricsTotal.objects.using(self.using).filter(task_type=task_type, queue=queue)
+        # Locked first: the histogram is merged in Python, so no other flush may change it
+        # between this read and the write below.
+        histogram = rows.select_for_update().values_list("run_histogram", flat=True).first()
+        if histogram is None:
+            try:
+                with transaction.atomic(using=self.using):
+                    MetricsTotal.objects.using(self.using).create(
+                        task_type=task_type, queue=queue, **_values(counts, wait=False)
+                    )
+                return
+            except IntegrityError:
+                # Another worker created it first; its row lock now orders us after it.
+                histogram = rows.select_for_update().values_list("run_histogram", flat=True).get()
+        rows.update(
+            **{name: F(name) + getattr(counts, name) for name in COUNTERS},
+            run_seconds=F("run_seconds") + counts.run_seconds,
+            run_histogram=merge_histograms(histogram, counts.run_histogram),
+            updated_at=Now(),
+        )
+
+
+def _values(counts: Counts, *, wait: bool) -> dict[str, object]:
+    values: dict[str, object] = {name: getattr(counts, name) for name in COUNTERS}
+    values["run_seconds"] = counts.run_seconds
+    values["run_histogram"] = list(counts.run_histogram)
+    if wait:
+        values["wait_seconds"] = counts.wait_seconds
+        values["wait_histogram"] = list(counts.wait_histogram)
+    return values
+
+
+def _wait_seconds(task: ClaimedTask) -> float | None:
+    """How long the task waited between becoming due and being claimed (both database
+    clock); None when either time is unknown."""
+    if task.started_at is None or task.run_at is None:
+        return None
+    return max((task.started_at - task.run_at).total_seconds(), 0.0)
+
+
+def flush_at_stop(recorder: Recorder) -> None:
+    """The last flush of a stopping worker: a short outage is waited out, a long one loses
+    the counts of the last seconds (logged), never the worker's exit."""
+    for attempt in range(3):
+        try:
+            recorder.flush()
+            return
+        except (OperationalError, InterfaceError) as exc:
+            connections[recorder.using].close()
+            if attempt == 2:
+                logger.warning(
+                    "worker %s could not write its last outcome metrics (%s); they are lost",
+                    recorder.worker_id,
+                    str(exc).strip(),
+                )
+                return
+            time.sleep(0.5 * (attempt + 1))  # back off between retries; nothing to wait on
+        except Exception:
+            logger.warning(
+                "worker %s could not write its last outcome metrics",
+                recorder.worker_id,
+                exc_info=True,
+            )
+            return
