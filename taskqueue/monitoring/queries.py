@@ -49,8 +49,9 @@ GROUP_EXACT_LIMIT = 5_000
 # Rows of the rarest estimated status a block sample aims for, to split estimates by type,
 # queue and due.
 SAMPLE_ROWS = 1_000
-# At most this many rows (of every status) read by that sample.
-SAMPLE_LIMIT = 10_000
+# At most this many rows (of every status) read by that sample: the block sample is most of
+# the stats view's time at 10 M rows (10,000 rows: 39 ms; 4,000: 21 ms on 2 cores).
+SAMPLE_LIMIT = 4_000
 
 ALL_STATUSES: tuple[str, ...] = tuple(TaskStatus.values)
 _READY = tuple(str(status) for status in READY_STATES)
