@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from taskqueue.exceptions import InvalidTaskOption
+from taskqueue.payloads import short_repr
 
 PRIORITIES: dict[str, int] = {"critical": 100, "high": 50, "normal": 0, "low": -50}
 MIN_PRIORITY = -100
@@ -19,16 +20,16 @@ def resolve_priority(value: str | int) -> int:
         except KeyError:
             names = ", ".join(repr(name) for name in PRIORITIES)
             raise InvalidTaskOption(
-                f"unknown priority {value!r}: use one of {names} or an integer "
+                f"unknown priority {short_repr(value)}: use one of {names} or an integer "
                 f"from {MIN_PRIORITY} to {MAX_PRIORITY}"
             ) from None
     if isinstance(value, int):
         if not MIN_PRIORITY <= value <= MAX_PRIORITY:
             raise InvalidTaskOption(
-                f"priority {value} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
+                f"priority {short_repr(value)} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
             )
         return value
-    raise InvalidTaskOption(f"priority must be a name or an integer, got {value!r}")
+    raise InvalidTaskOption(f"priority must be a name or an integer, got {short_repr(value)}")
 
 
 def priority_label(value: int) -> str:

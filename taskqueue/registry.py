@@ -17,6 +17,8 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from taskqueue.exceptions import InvalidTaskOption, UnknownTaskType
+from taskqueue.limits import check_max_attempts, check_timeout
+from taskqueue.payloads import short_repr
 from taskqueue.priorities import resolve_priority
 from taskqueue.retry import RetryStrategy
 
@@ -28,23 +30,22 @@ RATE_PATTERN = re.compile(r"^[1-9]\d*/(s|m|h|d)$")
 
 def validate_queue_name(queue: Any) -> str:
     """Return ``queue`` if it is a valid queue name, else raise ``InvalidTaskOption``."""
-    if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
+    # fullmatch: with match, "$" would let a trailing newline through.
+    if not isinstance(queue, str) or not QUEUE_PATTERN.fullmatch(queue):
         raise InvalidTaskOption(
-            f"invalid queue name {queue!r}: use 1 to 100 letters, digits, '_', '.' or '-'"
+            f"invalid queue name {short_repr(queue)}: use 1 to 100 letters, digits, '_', '.' or '-'"
         )
     return queue
 
 
 def validate_max_attempts(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidTaskOption(f"max_attempts must be a positive integer, got {value!r}")
-    return value
+    """Return ``value`` if it is a whole number of attempts from 1 to 1000."""
+    return check_max_attempts(value)
 
 
 def validate_timeout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise InvalidTaskOption(f"timeout must be a positive number of seconds, got {value!r}")
-    return float(value)
+    """Return ``value`` as float seconds if it is finite, positive and at most 10 years."""
+    return check_timeout(value)
 
 
 @dataclass(frozen=True)

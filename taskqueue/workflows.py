@@ -126,8 +126,9 @@ class _Composite:
         into every task's metadata (a step's own keys win); ``created_by`` is recorded on the
         workflow and its tasks.
         """
+        from taskqueue.conf import settings as tq_settings
         from taskqueue.exceptions import InvalidTaskOption
-        from taskqueue.payloads import check_json
+        from taskqueue.payloads import check_payload
         from taskqueue.store.workflows import enqueue_workflow
 
         name = self.name if name is None else name
@@ -138,7 +139,8 @@ class _Composite:
                 raise InvalidTaskOption(
                     f"workflow metadata must be a dict, got {type(metadata).__name__}"
                 )
-            check_json(metadata, "metadata")
+            # The rules and the size cap of every task's own metadata.
+            metadata = check_payload(metadata, tq_settings.MAX_PAYLOAD_BYTES, what="metadata")
         plan = _Plan(created_by=created_by, metadata=dict(metadata or {}))
         self._place(plan, [])
         workflow = enqueue_workflow(plan.tasks, plan.upstreams, name=name, created_by=created_by)

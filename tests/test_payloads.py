@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import types
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -12,7 +13,14 @@ from typing import Any
 import pytest
 
 from taskqueue.exceptions import InvalidPayload, PayloadTooLarge
-from taskqueue.payloads import check_json, check_payload, encoded_size
+from taskqueue.payloads import (
+    MAX_DEPTH,
+    check_json,
+    check_payload,
+    encoded_size,
+    short_repr,
+    storable_text,
+)
 
 CAP = 1_000_000
 
@@ -24,7 +32,7 @@ CAP = 1_000_000
         {"s": "text", "i": 1, "f": 1.5, "t": True, "n": None},
         {"nested": {"list": [1, "two", [3.0, {"four": None}]]}},
         {"tuple": (1, 2)},
-        {"big": 2**70, "neg": -0.0},
+        {"big": 2**63 - 1, "small": -(2**63), "neg": -0.0},
         {"unicode": "héllo ✓"},
     ],
 )
@@ -148,3 +156,130 @@ def test_shape_is_checked_before_size() -> None:
         check_payload({"data": "x" * 200, "when": dt.date(2024, 1, 1)}, 10)
     assert not isinstance(info.value, PayloadTooLarge)
     assert "payload['when']" in str(info.value)
+
+
+# --- what the database cannot store or give back --------------------------------------------
+
+
+def nested(levels: int) -> Any:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (
+            {"note": "a\x00b"},
+            "payload['note'] contains a NUL character (\\x00) at position 1, "
+            "which the database cannot store",
+        ),
+        (
+            {"tags": ["ok", {"k\x00": 1}]},
+            "payload['tags'][1] has a key 'k\\x00' that contains a NUL character (\\x00) at "
+            "position 1, which the database cannot store",
+        ),
+        (
+            {"text": "x\ud800"},
+            "payload['text'] contains a lone surrogate (\\ud800) at position 1, "
+            "which is not valid Unicode text",
+        ),
+        (
+            {"\udfff": 1},
+            "payload has a key '\\udfff' that contains a lone surrogate (\\udfff) at position 0, "
+            "which is not valid Unicode text",
+        ),
+        (
+            {"n": 2**63},
+            "payload['n'] is an integer of 64 bits, outside the 64-bit range "
+            "-9223372036854775808..9223372036854775807 that the database keeps exactly: "
+            "pass it as a string",
+        ),
+        ({"n": [-(2**63) - 1]}, "payload['n'][0] is an integer of 64 bits, outside"),
+        ({"n": 10**5000}, "payload['n'] is an integer of 16610 bits, outside"),
+        (
+            {"m": types.MappingProxyType({})},
+            "payload['m'] is a builtins.mappingproxy, which is not JSON serialisable",
+        ),
+    ],
+)
+def test_values_the_database_cannot_store_are_named(payload: Any, message: str) -> None:
+    with pytest.raises(InvalidPayload) as info:
+        check_payload(payload, CAP)
+    assert str(info.value).startswith(message)
+
+
+def test_valid_unicode_passes() -> None:
+    # Astral characters are single code points in Python: only lone halves are refused.
+    payload = {"emoji": "\U0001f600", "edges": "\ud7ff\ue000\uffff", "clé": "é"}
+    assert check_payload(payload, CAP) == payload
+
+
+def test_nesting_is_counted_from_the_outermost_container() -> None:
+    check_json(nested(MAX_DEPTH))
+    with pytest.raises(InvalidPayload) as info:
+        check_json(nested(MAX_DEPTH + 1))
+    assert str(info.value) == (
+        "payload" + "[0]" * MAX_DEPTH + " is nested more than 100 lists and objects deep "
+        "(the most taskqueue stores)"
+    )
+
+
+def test_very_deep_and_self_containing_values_are_refused_without_recursion_errors() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    for value in (nested(100_000), loop, {"a": {"b": loop}}):
+        with pytest.raises(InvalidPayload, match="is nested more than 100"):
+            check_payload({"value": value}, CAP)
+
+
+def test_a_mapping_that_is_not_a_dict_is_copied_at_the_top() -> None:
+    payload = types.MappingProxyType({"a": 1})
+    assert check_payload(payload, CAP) == {"a": 1}
+    assert check_payload(payload, CAP, what="metadata") == {"a": 1}
+
+
+def test_messages_stay_short_whatever_the_value() -> None:
+    long_key = "k" * 10_000 + "\x00"
+    with pytest.raises(InvalidPayload) as info:
+        check_payload({"outer": {long_key: 1}}, CAP)
+    assert len(str(info.value)) < 300
+    with pytest.raises(InvalidPayload) as info:
+        check_payload({"k" * 10_000: {"x": 2**64}}, CAP)
+    assert str(info.value).startswith("payload['kkkk")
+    assert len(str(info.value)) < 300
+
+
+def test_short_repr_never_fails() -> None:
+    class Broken:
+        def __repr__(self) -> str:
+            raise RuntimeError("no")
+
+    assert short_repr(10**5000) == "<int of 16610 bits>"
+    assert short_repr(Broken()) == "<Broken>"
+    assert short_repr("x" * 100) == "'" + "x" * 58 + "…"
+    assert short_repr("a\x00") == "'a\\x00'"
+
+
+def test_metadata_uses_its_name_in_messages() -> None:
+    with pytest.raises(InvalidPayload, match=r"^metadata\['a'\] contains a NUL"):
+        check_payload({"a": "\x00"}, CAP, what="metadata")
+    with pytest.raises(PayloadTooLarge, match=r"^metadata is 101 bytes once encoded"):
+        check_payload({"data": "x" * 90}, 100, what="metadata")
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("plain ✓", "plain ✓"),
+        ("a\x00b", "a\\x00b"),
+        ("bad \ud800 half", "bad \\ud800 half"),
+        ("\udfff\x00", "\\udfff\\x00"),
+    ],
+)
+def test_storable_text_escapes_what_the_database_refuses(text: str, stored: str) -> None:
+    assert storable_text(text) == stored
+    assert storable_text(text).encode("utf-8")  # valid UTF-8 now
+    assert "\x00" not in storable_text(text)

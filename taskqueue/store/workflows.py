@@ -22,6 +22,7 @@ from taskqueue import signals, sql
 from taskqueue.events import emit
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import Task, TaskDependency, TaskStatus, Workflow
+from taskqueue.payloads import short_repr
 from taskqueue.store.common import database_alias, user_or_none
 
 logger = logging.getLogger("taskqueue.store")
@@ -91,9 +92,10 @@ def upstream_ids(depends_on: Any) -> list[uuid.UUID]:
         depends_on, Iterable
     ):
         raise InvalidTaskOption(
-            f"depends_on must be a list of tasks or task ids, got {depends_on!r}"
+            f"depends_on must be a list of tasks or task ids, got {short_repr(depends_on)}"
         )
-    ids: list[uuid.UUID] = []
+    # A dict keeps the order given and drops repeats in constant time per id.
+    ids: dict[uuid.UUID, None] = {}
     for item in depends_on:
         if isinstance(item, Task):
             task_id = item.id
@@ -103,14 +105,18 @@ def upstream_ids(depends_on: Any) -> list[uuid.UUID]:
             try:
                 task_id = uuid.UUID(item)
             except ValueError:
-                raise InvalidTaskOption(f"depends_on: {item!r} is not a task id (a UUID)") from None
+                raise InvalidTaskOption(
+                    f"depends_on: {short_repr(item)} is not a task id (a UUID)"
+                ) from None
         else:
             raise InvalidTaskOption(
-                f"depends_on: {item!r} is not a task or a task id (a Task, UUID or UUID string)"
+                f"depends_on: {short_repr(item)} is not a task or a task id "
+                "(a Task, UUID or UUID string)"
             )
-        if task_id not in ids:
-            ids.append(task_id)
-    return ids
+        if task_id is None:
+            raise InvalidTaskOption(f"depends_on: {short_repr(item)} is a task without an id")
+        ids[task_id] = None
+    return list(ids)
 
 
 def hold_for_upstreams(
