@@ -26,13 +26,18 @@ class InvalidTaskOption(TaskqueueError, ValueError):
 
 
 class Retry(Exception):
-    """Raise from a handler to retry the task, optionally after ``delay`` seconds."""
+    """Raise from a handler to retry the task, optionally after ``delay`` seconds.
+
+    The worker accepts a ``delay`` from 0 to ``taskqueue.limits.MAX_DELAY`` (10 years); any
+    other (NaN, infinite, too long) fails the attempt with ``InvalidTaskOption`` naming it,
+    and the handler's retry strategy decides what follows.
+    """
 
     def __init__(self, reason: str = "", *, delay: float | timedelta | None = None) -> None:
         super().__init__(reason or "retry requested by the handler")
         if isinstance(delay, timedelta):
             delay = delay.total_seconds()
-        if delay is not None and delay < 0:
+        if isinstance(delay, int | float) and delay < 0:
             raise ValueError("Retry delay must not be negative")
         self.delay = delay
 

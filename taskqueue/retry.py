@@ -6,12 +6,16 @@ strategy it was enqueued with and a worker never imports anything a row names.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from taskqueue.exceptions import InvalidTaskOption
+from taskqueue.limits import MAX_DELAY_SECONDS, MAX_DELAY_TEXT, check_delay_seconds
+
+logger = logging.getLogger("taskqueue.retry")
 
 
 class RetryStrategy:
@@ -38,6 +42,12 @@ def _check_non_negative(**values: float | None) -> None:
             raise InvalidTaskOption(f"retry {name} must be a non-negative number, got {value!r}")
 
 
+def _check_delay_bound(**values: float) -> None:
+    # A delay past MAX_DELAY would store a run_at no reader can parse back.
+    for name, value in values.items():
+        check_delay_seconds(value, f"retry {name}")
+
+
 @dataclass(frozen=True)
 class Exponential(RetryStrategy):
     """Wait ``base * factor ** (attempt - 1)`` seconds, capped at ``max_delay``.
@@ -55,6 +65,7 @@ class Exponential(RetryStrategy):
 
     def __post_init__(self) -> None:
         _check_non_negative(base=self.base, factor=self.factor, max_delay=self.max_delay)
+        _check_delay_bound(max_delay=self.max_delay)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         exponent = max(attempt - 1, 0)
@@ -79,6 +90,7 @@ class Linear(RetryStrategy):
 
     def __post_init__(self) -> None:
         _check_non_negative(base=self.base, step=self.step, max_delay=self.max_delay)
+        _check_delay_bound(max_delay=self.max_delay)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return float(min(self.base + self.step * max(attempt - 1, 0), self.max_delay))
@@ -93,6 +105,7 @@ class Fixed(RetryStrategy):
 
     def __post_init__(self) -> None:
         _check_non_negative(seconds=self.seconds)
+        _check_delay_bound(seconds=self.seconds)
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return float(self.seconds)
@@ -131,4 +144,28 @@ def strategy_from_dict(data: dict[str, Any] | None) -> RetryStrategy:
 
 def next_delay(attempt: int, strategy: RetryStrategy, rng: random.Random) -> float:
     """Return the seconds to wait before retrying after failed ``attempt`` (1-based)."""
-    return max(strategy.delay(attempt, rng), 0.0)
+    return bounded_delay(strategy.delay(attempt, rng))
+
+
+def bounded_delay(seconds: float) -> float:
+    """Return ``seconds`` within 0..MAX_DELAY: the last guard before a ``run_at`` is stored.
+
+    Strategies and ``Retry`` refuse larger delays up front; a value that gets here anyway
+    (a custom strategy, say) is clamped with a warning rather than stored unreadable.
+    """
+    # seconds != seconds: NaN (math.isnan cannot take an int too large for a float).
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+        logger.warning(
+            "retry delay %.60r is not a number of seconds: retrying without delay", seconds
+        )
+        return 0.0
+    if seconds > MAX_DELAY_SECONDS:
+        logger.warning(
+            "retry delay %s is over the maximum of %s: using the maximum",
+            f"{seconds:.6g} s"
+            if isinstance(seconds, float)
+            else f"{seconds.bit_length()} bits long",
+            MAX_DELAY_TEXT,
+        )
+        return MAX_DELAY_SECONDS
+    return max(float(seconds), 0.0)

@@ -23,6 +23,7 @@ from taskqueue.models import (
     TaskAttempt,
     TaskStatus,
 )
+from taskqueue.retry import bounded_delay
 from taskqueue.sql import ClaimedTask
 from taskqueue.store import flow, schedules, workflows
 from taskqueue.store.common import database_alias
@@ -66,6 +67,12 @@ def complete_one(task: ClaimedTask, result: Any) -> bool:
     )
     _after_completion(using, [sql.CompletedRow(task.id, *row)])
     return True
+
+
+def complete_claimed(task: ClaimedTask, result: Any) -> bool:
+    """Complete one task in a transaction of its own (when a batch of completions failed)."""
+    with transaction.atomic(using=database_alias()):
+        return complete_one(task, result)
 
 
 def _after_completion(using: str, rows: list[sql.CompletedRow]) -> None:
@@ -154,6 +161,7 @@ def retry_later(
 ) -> bool:
     """Put a failed task back to wait ``delay`` seconds; False if the claim was lost."""
     using = database_alias()
+    delay = bounded_delay(delay)  # callers bound it already; a run_at past it is unreadable
     run_at = (
         Now()
         if delay <= 0

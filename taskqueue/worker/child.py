@@ -7,17 +7,38 @@ SIGINT and SIGTERM (its worker decides when it stops) and dies with its worker.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import random
 import signal
 from multiprocessing.connection import Connection
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 
 
+# PostgreSQL keeps NAMEDATALEN - 1 bytes of an application_name and shows any character
+# outside printable ASCII as something else ("?" or an escape): a name longer than this or
+# not plain ASCII would not match what _terminate_sessions looks for, or would match a
+# neighbour's.
+APPLICATION_NAME_BYTES = 63
+APPLICATION_NAME_PREFIX = "taskqueue:"
+APPLICATION_NAME_HASH_CHARS = 12
+
+
 def application_name(worker_id: str, slot: int) -> str:
-    """The PostgreSQL application_name of a child's connections (to stop its queries)."""
-    return f"taskqueue:{worker_id}:{slot}"[:63]
+    """The PostgreSQL application_name of a child's connections: one per worker id and slot."""
+    ending = f":{slot}"
+    readable = "".join(char if " " <= char <= "~" else "_" for char in worker_id)
+    name = f"{APPLICATION_NAME_PREFIX}{readable}{ending}"
+    if readable == worker_id and len(name) <= APPLICATION_NAME_BYTES:
+        return name
+    # Too long or not plain ASCII: a readable head of the id, then a hash of all of it, so
+    # ids that share their first characters still name different sessions.
+    digest = hashlib.sha256(worker_id.encode("utf-8", "surrogatepass")).hexdigest()
+    tail = f"~{digest[:APPLICATION_NAME_HASH_CHARS]}{ending}"
+    room = max(APPLICATION_NAME_BYTES - len(APPLICATION_NAME_PREFIX) - len(tail), 0)
+    return f"{APPLICATION_NAME_PREFIX}{readable[:room]}{tail}"
 
 
 def child_main(
@@ -66,11 +87,39 @@ def child_main(
             # Said with the outcome, so the worker gives this process no further task and
             # starts a fresh one in its slot.
             message["recycle"] = f"holds {resident_mib():.0f} MiB, over MAX_MEMORY {max_memory:g}"
-        conn.send_bytes(wire.encode(message))
+        conn.send_bytes(_encoded_outcome(message))
         if "recycle" in message:
             break
     async_runner.close()
     connections.close_all()
+
+
+def _encoded_outcome(message: dict[str, Any]) -> bytes:
+    """Encode an outcome message; one that cannot be encoded becomes a dead-letter outcome.
+
+    The executor already refuses results the database cannot store, so this only guards
+    against what slips past it: crashing this process would cost the task an attempt as
+    ``WorkerCrashed`` and hide the reason.
+    """
+    # Imported here, like in child_main: only once Django is set up.
+    from taskqueue.worker import executor, wire
+
+    try:
+        return wire.encode(message)
+    except (ValueError, TypeError, RecursionError) as exc:
+        why = executor.exception_message(exc)
+        replacement = executor.Outcome(
+            executor.DEAD,
+            message["duration"],
+            error_type="InvalidResult",
+            error=executor.recordable(
+                f"the outcome could not be sent to the worker: {why}", executor.MAX_ERROR_CHARS
+            ),
+        )
+        fallback = wire.outcome_message(replacement)
+        if "recycle" in message:
+            fallback["recycle"] = message["recycle"]
+        return wire.encode(fallback)
 
 
 def _die_with_parent(parent_pid: int) -> None:

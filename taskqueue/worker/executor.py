@@ -25,14 +25,16 @@ from taskqueue.exceptions import (
     HandlerTimeout,
     InvalidPayload,
     InvalidResult,
+    InvalidTaskOption,
     PermanentError,
     Retry,
     UnknownTaskType,
 )
+from taskqueue.limits import check_delay_seconds
 from taskqueue.models import AttemptOutcome
-from taskqueue.payloads import check_json
+from taskqueue.payloads import check_json, storable_text
 from taskqueue.registry import HandlerSpec, registry
-from taskqueue.retry import NoRetry, next_delay, strategy_from_dict
+from taskqueue.retry import NoRetry, bounded_delay, next_delay, strategy_from_dict
 from taskqueue.sql import ClaimedTask
 
 SUCCEEDED = "succeeded"
@@ -41,6 +43,13 @@ LOST = "lost"  # the claim was lost before an atomic handler could commit: nothi
 RETRY = "retry"
 DEAD = "dead"
 CANCELLED = "cancelled"  # stopped after a cancel request, or withdrawn before it started
+
+# What an outcome keeps of a failure's text. A handler may raise with a message of any size
+# (or any content): it is cut to these lengths and escaped where the database would refuse
+# it, so that recording the failure can never fail. The error type is a 255-character column.
+MAX_ERROR_TYPE_CHARS = 255
+MAX_ERROR_CHARS = 10_000
+MAX_TRACEBACK_CHARS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +135,9 @@ def execute(
         return Outcome(
             DEAD,
             time.monotonic() - started,
-            error_type=error_type,
-            error=error,
-            traceback=traceback,
+            error_type=recordable(error_type, MAX_ERROR_TYPE_CHARS),
+            error=recordable(error, MAX_ERROR_CHARS),
+            traceback=recordable(traceback, MAX_TRACEBACK_CHARS),
         )
 
     try:
@@ -167,9 +176,15 @@ def execute(
     except InvalidResult as exc:
         return dead("InvalidResult", str(exc)), context
     except Retry as exc:
-        return _failure(task, spec, exc, started, rng, requested_delay=exc.delay), context
+        try:
+            delay = None if exc.delay is None else check_delay_seconds(exc.delay, "Retry delay")
+        except InvalidTaskOption as refused:
+            # A delay no run_at can hold: the attempt failed with that error (the traceback
+            # shows the handler's raise), and the strategy decides what follows.
+            return _failure(task, spec, refused, started, rng, cause=exc), context
+        return _failure(task, spec, exc, started, rng, requested_delay=delay), context
     except PermanentError as exc:
-        return dead(_error_type(exc), str(exc) or type(exc).__name__, _traceback(exc)), context
+        return dead(_error_type(exc), exception_message(exc), _traceback(exc)), context
     except HandlerTimeout as exc:
         return _failure(task, spec, exc, started, rng, timed_out=True), context
     except Exception as exc:
@@ -181,7 +196,7 @@ def _checked_result(result: Any) -> Any:
     try:
         check_json(result, "result")
     except InvalidPayload as exc:
-        raise InvalidResult(f"handler returned a value that is not JSON: {exc}") from None
+        raise InvalidResult(f"handler returned a result that cannot be stored: {exc}") from None
     return result
 
 
@@ -219,7 +234,9 @@ def _call(
 
 def cancelled_outcome(duration: float, reason: str) -> Outcome:
     """The outcome of a task stopped by the worker after a cancel request."""
-    return Outcome(CANCELLED, duration, error_type="Cancelled", error=reason)
+    return Outcome(
+        CANCELLED, duration, error_type="Cancelled", error=recordable(reason, MAX_ERROR_CHARS)
+    )
 
 
 def _failure(
@@ -231,8 +248,9 @@ def _failure(
     *,
     requested_delay: float | None = None,
     timed_out: bool = False,
+    cause: BaseException | None = None,
 ) -> Outcome:
-    error = str(exc) or type(exc).__name__
+    error = exception_message(exc)
     if isinstance(exc, Retry) and task.attempts >= task.max_attempts:
         error = f"{error} (no attempts left: {task.attempts} of {task.max_attempts} used)"
     return failed_attempt(
@@ -241,7 +259,11 @@ def _failure(
         duration=time.monotonic() - started,
         error_type="TimeoutError" if timed_out else _error_type(exc),
         error=error,
-        traceback=_traceback(exc),
+        traceback=(
+            _traceback(exc)
+            if cause is None
+            else f"{_traceback(cause)}\n{_error_type(exc)}: {error}"
+        ),
         attempt_outcome=AttemptOutcome.TIMED_OUT if timed_out else AttemptOutcome.FAILED,
         requested_delay=requested_delay,
     )
@@ -261,6 +283,7 @@ def failed_attempt(
     """Classify a failed attempt: retry after the strategy's delay, or dead when spent.
 
     Also used for failures seen from outside the handler: a timeout kill, a crashed child.
+    Its texts are made recordable here (cut to size, unstorable characters escaped).
     """
     strategy = strategy_from_dict(task.retry)
     if task.attempts >= task.max_attempts or isinstance(strategy, NoRetry):
@@ -268,7 +291,7 @@ def failed_attempt(
     else:
         kind = RETRY
         delay = (
-            requested_delay
+            bounded_delay(requested_delay)
             if requested_delay is not None
             else next_delay(task.attempts, strategy, rng)
         )
@@ -276,11 +299,29 @@ def failed_attempt(
         kind,
         duration,
         delay=delay,
-        error_type=error_type,
-        error=error,
-        traceback=traceback,
+        error_type=recordable(error_type, MAX_ERROR_TYPE_CHARS),
+        error=recordable(error, MAX_ERROR_CHARS),
+        traceback=recordable(traceback, MAX_TRACEBACK_CHARS),
         attempt_outcome=attempt_outcome,
     )
+
+
+def recordable(text: str, limit: int) -> str:
+    """Return ``text`` cut to ``limit`` characters (head and tail kept) and storable."""
+    text = storable_text(_cut(text, limit))
+    # Escaping can lengthen it (a NUL becomes four characters): cut what it escaped.
+    return _cut(text, limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    if limit < 1000:  # a name, not a message: cut it plainly
+        return text[: limit - 1] + "…"
+    omitted = f"\n[... {len(text) - limit:,} characters omitted ...]\n"
+    # The tail of a traceback (the failing frame and the message) matters most.
+    head = limit // 4 - len(omitted)
+    return text[:head] + omitted + text[len(text) - (limit - head - len(omitted)) :]
 
 
 def _error_type(exc: BaseException) -> str:
@@ -290,5 +331,16 @@ def _error_type(exc: BaseException) -> str:
     )
 
 
+def exception_message(exc: BaseException) -> str:
+    """Return the message of ``exc`` (its type name when empty), even if ``str()`` fails."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # a handler's exception whose __str__ itself fails
+        return f"<{type(exc).__name__}: its message could not be read>"
+
+
 def _traceback(exc: BaseException) -> str:
-    return "".join(tb_module.format_exception(exc))
+    try:
+        return "".join(tb_module.format_exception(exc))
+    except Exception:
+        return ""

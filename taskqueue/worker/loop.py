@@ -8,14 +8,13 @@ interval passes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import signal
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -27,10 +26,10 @@ from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.monitoring import stream as event_stream
-from taskqueue.monitoring.recorder import Recorder, flush_at_stop
+from taskqueue.monitoring.recorder import Recorder
 from taskqueue.schedules.worker import schedule_duties, sync_at_start
 from taskqueue.sql import ClaimedTask, vendor
-from taskqueue.worker import outcomes, presence
+from taskqueue.worker import outcomes, presence, shutdown
 from taskqueue.worker.cancelling import CancelWatch
 from taskqueue.worker.duties import Duty, DutyThread
 from taskqueue.worker.gates import Gates
@@ -104,8 +103,40 @@ class Worker:
     # --- lifecycle -----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Work until stopped (signal, ``--burst`` drained, ``--max-tasks`` reached); exit code."""
+        """Work until stopped (signal, ``--burst`` drained, ``--max-tasks`` reached); exit code.
+
+        0 after a normal stop. 1 after an unexpected error (a database connection error is
+        not one: it is waited out): the worker then claims nothing more, drains, releases
+        what it still holds, closes its pool and marks itself stopped, like on SIGTERM.
+        """
         self._install_signal_handlers()
+        exit_code = 0
+        side_threads: list[DutyThread | ListenerThread] = []
+        try:
+            self._start(side_threads)
+            self._loop()
+        except Exception:
+            exit_code = 1
+            self.stopping = True
+            logger.exception(
+                "worker %s hit an unexpected error: claiming no more, finishing and releasing "
+                "what it holds, then exiting 1",
+                self.config.worker_id,
+            )
+            # The error may have left the session unusable: the drain starts a fresh one.
+            with contextlib.suppress(DatabaseError):
+                connections[self.using].close()
+        finally:
+            try:
+                if not shutdown.drain(self):
+                    exit_code = 1
+            finally:
+                for thread in side_threads:
+                    thread.stop()
+                shutdown.say_goodbye(self, exit_code)
+        return exit_code
+
+    def _start(self, side_threads: list[DutyThread | ListenerThread]) -> None:
         worker_id = self.config.worker_id
         # Events for the live stream wait in memory; the duty thread writes them in bulk.
         event_stream.recorder.start_buffering()
@@ -129,11 +160,12 @@ class Worker:
             ],
             self.rng,
         )
+        side_threads.append(duties)
         duties.start()  # heartbeats go on while the handler processes start
         self.pool.start()
-        listener = None
         if vendor(self.using) == "postgresql" and not self.config.burst:
             listener = ListenerThread(self.using, self.config.queues, self.wake)
+            side_threads.append(listener)
             listener.start()
         # Logged by the taskqueue.lifecycle receiver, like every event.
         emit(
@@ -151,16 +183,6 @@ class Worker:
                 "pid": os.getpid(),
             },
         )
-        try:
-            self._loop()
-            self._drain()
-        finally:
-            duties.stop()
-            if listener is not None:
-                listener.stop()
-            flush_at_stop(self.recorder)
-            self._say_goodbye()
-        return 0
 
     def _rescue(self) -> None:
         rescued = store.rescue_stale_tasks(
@@ -222,7 +244,7 @@ class Worker:
 
     def _flush_and_claim(self) -> tuple[bool, int]:
         """Record finished outcomes, then claim more: (tried to claim, claimed)."""
-        self._flush_finished()
+        self.flush_finished()
         self.cancel_watch.check(self.in_hand, self.pool)
         free = self._free_slots()
         if free == 0:
@@ -308,8 +330,11 @@ class Worker:
             self.finished.clear()
         return taken
 
-    def _flush_finished(self) -> None:
-        """Write finished outcomes; on a database error keep the unwritten ones for later."""
+    def flush_finished(self) -> None:
+        """Write finished outcomes; on a connection error keep the unwritten ones for later.
+
+        An outcome the database refuses is dead-lettered in its place (``outcomes.record``).
+        """
         pending = self._take_finished()
         if not pending:
             return
@@ -333,62 +358,3 @@ class Worker:
             self.mean_duration += DURATION_SMOOTHING * (item.outcome.duration - self.mean_duration)
             self.recorder.count_finished(item.task, item.outcome)
             outcomes.announce(item, self.config.worker_id)
-
-    # --- stopping ------------------------------------------------------------------------
-
-    def _drain(self) -> None:
-        """Stop claiming; let running tasks finish up to the shutdown timeout; release the rest."""
-        not_started = self.pool.take_not_started()
-        if not_started:
-            self._with_retries(store.release_tasks, not_started)
-            for task in not_started:
-                self.in_hand.pop(task.id, None)
-        deadline = time.monotonic() + self.config.shutdown_timeout
-        while self.in_hand and not self.force_stop and time.monotonic() < deadline:
-            self.wake_event.wait(min(FLUSH_INTERVAL, max(deadline - time.monotonic(), 0)))
-            self.wake_event.clear()
-            self._with_retries(self._flush_finished)
-        self._with_retries(self._flush_finished)
-        leftover = list(self.in_hand.values())
-        if leftover:
-            self.stranded_handlers = not self.pool.stop_running()
-            released = self._with_retries(store.release_tasks, leftover)
-            logger.warning("released %d task(s) still running at shutdown", released)
-            self.in_hand.clear()
-        self.pool.close()
-
-    def _with_retries(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Shutdown writes must land: retry through short database outages."""
-        backoff = 0.1
-        for _ in range(20):
-            try:
-                return func(*args)
-            except (OperationalError, InterfaceError) as exc:
-                logger.warning("database unavailable during shutdown (%s); retrying", exc)
-                connections[self.using].close()
-                time.sleep(backoff)  # backoff between retries; nothing to wait on here
-                backoff = min(backoff * 2, MAX_DB_BACKOFF)
-        return func(*args)
-
-    def _say_goodbye(self) -> None:
-        try:
-            presence.unregister_worker(self.config.worker_id, self.processed)
-        except DatabaseError:
-            logger.warning("could not mark worker %s stopped", self.config.worker_id, exc_info=True)
-        emit(
-            signals.worker_stopped,
-            name="worker_stopped",
-            worker_id=self.config.worker_id,
-            message=f"worker {self.config.worker_id} stopped after {self.processed} task(s)",
-            extra={"processed": self.processed, "pid": os.getpid()},
-        )
-        try:
-            event_stream.flush()  # the duty thread has stopped: write what it left
-        except DatabaseError:
-            logger.warning("could not record the worker's last events", exc_info=True)
-        connections.close_all()
-        # A handler thread stuck past the shutdown timeout cannot be killed; its task is
-        # already released (its late write will be fenced off), so do not wait for it.
-        if self.stranded_handlers:
-            logging.shutdown()
-            os._exit(0)

@@ -12,6 +12,7 @@ import logging
 import queue
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Collection
 from typing import Literal, Protocol
@@ -20,7 +21,15 @@ from django.db import DatabaseError, close_old_connections, connections
 
 from taskqueue import signals, store
 from taskqueue.sql import ClaimedTask
-from taskqueue.worker.executor import DEAD, RETRY, AsyncRunner, cancelled_outcome, execute
+from taskqueue.worker.executor import (
+    DEAD,
+    RETRY,
+    AsyncRunner,
+    cancelled_outcome,
+    exception_message,
+    execute,
+    failed_attempt,
+)
 from taskqueue.worker.outcomes import Finished
 
 logger = logging.getLogger("taskqueue.worker")
@@ -58,14 +67,32 @@ def run_task(
     task: ClaimedTask, worker_id: str, async_runner: AsyncRunner, rng: random.Random
 ) -> Finished:
     """Run one task in this thread and return its outcome (never raises)."""
-    store.emit_for(task, signals.task_started, name="started", worker_id=worker_id)
+    started = time.monotonic()
+    context = None
     try:
+        store.emit_for(task, signals.task_started, name="started", worker_id=worker_id)
         outcome, context = execute(task, worker_id, async_runner, rng)
         if context is not None:
             try:
                 context.flush_progress()
             except DatabaseError:
                 logger.warning("could not save the progress of task %s", task.id)
+    except Exception as exc:
+        # A fault of the worker around the handler, not of the handler: without an outcome
+        # the task would stay in hand (and ``running``) until the worker stops.
+        logger.exception(
+            "could not run task %s",
+            task.id,
+            extra={"task_id": str(task.id), "task_type": task.task_type},
+        )
+        outcome = failed_attempt(
+            task,
+            rng,
+            duration=time.monotonic() - started,
+            error_type="WorkerError",
+            error=f"the worker failed around the handler: {type(exc).__name__}: "
+            f"{exception_message(exc)}",
+        )
     finally:
         # As Django does after a request: drop broken or expired connections, and forget
         # logged queries so DEBUG=True does not grow memory.

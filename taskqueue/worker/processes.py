@@ -37,6 +37,8 @@ logger = logging.getLogger("taskqueue.worker.processes")
 
 START_TIMEOUT = 60.0  # seconds a new child may take to import and set Django up
 COLLECT_TICK = 1.0  # the collector re-checks deadlines at least this often
+STOP_GRACE = 5.0  # seconds idle children get to exit on their own at close
+CHILD_NAME = "taskqueue-child-"
 
 
 @dataclass
@@ -82,7 +84,9 @@ class ProcessPool:
         worker might be free to run them.
         """
         with self.lock:
-            self.children = [self._spawn(slot) for slot in range(self.size)]
+            # One by one, so a failed spawn leaves the started ones where close() finds them.
+            for slot in range(self.size):
+                self.children.append(self._spawn(slot))
         self.collector.start()
         if not self.all_ready.wait(START_TIMEOUT):
             logger.warning(
@@ -128,7 +132,7 @@ class ProcessPool:
             outcome = cancelled_outcome(time.monotonic() - child.started, reason)
             self.on_finished(Finished(task, outcome, None))
             self._dispatch()
-        os.write(self.wake_write, b"x")  # the collector must watch the new child's pipe
+        self._wake_collector()  # it must watch the new child's pipe
         return "stopped"
 
     def stop_running(self) -> bool:
@@ -140,8 +144,13 @@ class ProcessPool:
         return True
 
     def close(self) -> None:
+        """Stop every child (killing those that do not stop) and the collector; idempotent."""
+        # Runs on every way out of the worker: the children ignore SIGTERM, so one left alive
+        # would hang multiprocessing's exit handler, which joins them all.
         with self.lock:
-            self.closed = True
+            if self.closed:
+                return
+            self.closed = True  # from now on no child is replaced
             for child in self.children:
                 if not child.ready:
                     child.process.kill()  # still setting Django up: it holds no work
@@ -150,16 +159,25 @@ class ProcessPool:
                     child.conn.send_bytes(wire.encode({"kind": "stop"}))
                 except OSError:
                     pass
-        os.write(self.wake_write, b"x")
-        deadline = time.monotonic() + 5
-        for child in self.children:
+            children = list(self.children)
+        self._wake_collector()
+        deadline = time.monotonic() + STOP_GRACE
+        for child in children:
             child.process.join(max(deadline - time.monotonic(), 0))
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(5)
-        self.collector.join(5)
+        _kill_stray_children()
+        if self.collector.ident is not None:  # not started when start-up failed early
+            self.collector.join(5)
         os.close(self.wake_read)
         os.close(self.wake_write)
+
+    def _wake_collector(self) -> None:
+        try:
+            os.write(self.wake_write, b"x")
+        except OSError:
+            pass  # closed: the collector is gone
 
     # --- children ------------------------------------------------------------------------
 
@@ -175,7 +193,7 @@ class ProcessPool:
                 os.getpid(),
                 self.max_memory,
             ),
-            name=f"taskqueue-child-{slot}",
+            name=f"{CHILD_NAME}{slot}",
             daemon=True,
         )
         process.start()
@@ -280,7 +298,19 @@ class ProcessPool:
                 self._replace(child, f"recycles: {message['recycle']}")
             self._dispatch()
         if task is not None:
-            self.on_finished(Finished(task, wire.outcome_from_message(message), None))
+            try:
+                outcome = wire.outcome_from_message(message)
+            except (KeyError, TypeError, ValueError):
+                logger.exception("handler process %d sent an unreadable outcome", child.slot)
+                self._report_failure(
+                    child,
+                    task,
+                    error_type="WorkerError",
+                    error="the handler process sent an outcome the worker could not read",
+                    attempt_outcome=AttemptOutcome.FAILED,
+                )
+                return
+            self.on_finished(Finished(task, outcome, None))
 
     def _child_died(self, child: _Child) -> None:
         """A child exited on its own: a handler crashed it (call with the lock held)."""
@@ -339,6 +369,14 @@ class ProcessPool:
             attempt_outcome=attempt_outcome,
         )
         self.on_finished(Finished(task, outcome, None))
+
+
+def _kill_stray_children() -> None:
+    """Kill and reap any handler process still alive (one a failed spawn or replace left)."""
+    for process in multiprocessing.active_children():
+        if process.name.startswith(CHILD_NAME) and process.is_alive():
+            process.kill()
+            process.join(5)
 
 
 def _terminate_sessions(name: str) -> None:

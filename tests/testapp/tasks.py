@@ -479,3 +479,107 @@ def metrics_timeout() -> None:
     import time
 
     time.sleep(30)  # killed at the 0.5 s timeout
+
+
+# --- outcomes the database cannot store (tests/test_unstorable_outcomes.py) ---------------
+
+
+def _unstorable_result(kind: str) -> object:
+    if kind == "nul":
+        return {"x": "a\x00b"}
+    if kind == "surrogate":
+        return {"x": "\ud800"}
+    if kind == "huge_int":
+        return {"x": 10**5000}
+    if kind == "nul_key":
+        return {"a\x00b": 1}
+    if kind == "deep":
+        value: object = "bottom"
+        for _ in range(150):
+            value = [value]
+        return {"x": value}
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+@taskqueue.handler("unstorable_result", max_attempts=3, retry=taskqueue.Fixed(0))
+def unstorable_result(kind: str) -> object:
+    return _unstorable_result(kind)
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be printed")
+
+
+@taskqueue.handler("unstorable_error", max_attempts=1)
+def unstorable_error(kind: str) -> None:
+    if kind == "nul":
+        raise ValueError("bad \x00 byte")
+    if kind == "surrogate":
+        raise ValueError("lone \ud800 surrogate")
+    if kind == "huge":
+        raise ValueError("x" * 50_000_000 + " the end")
+    if kind == "long_type":
+        raise type("E" * 300, (Exception,), {})("an error type of 300 characters")
+    if kind == "unprintable":
+        raise _UnprintableError()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def _unbounded_delay(kind: str) -> object:
+    from datetime import timedelta
+
+    from taskqueue.limits import MAX_DELAY
+
+    delays = {
+        "inf": float("inf"),
+        "nan": float("nan"),
+        "1e12": 1e12,
+        "huge_int": 10**5000,
+        "timedelta": MAX_DELAY + timedelta(seconds=1),
+        "text": "soon",
+    }
+    return delays[kind]
+
+
+@taskqueue.handler("retry_unbounded", max_attempts=2, retry=taskqueue.Fixed(0))
+def retry_unbounded(delay: str) -> None:
+    # Named in the payload: JSON cannot carry inf, nan or a 5,000-digit integer.
+    raise taskqueue.Retry("try again later", delay=_unbounded_delay(delay))
+
+
+@taskqueue.handler("refused_by_database")
+def refused_by_database(n: int = 0) -> int:
+    """Succeeds; a test trigger makes the database refuse its completion."""
+    return n
+
+
+@taskqueue.handler("claim_refused")
+def claim_refused() -> None:
+    """Never runs: a test trigger makes the database refuse its claim."""
+
+
+@taskqueue.handler("sleep_then_ledger")
+def sleep_then_ledger(n: int, seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)  # a handler that is still running when its worker stops
+    ledger(n)
+
+
+# --- application_name per handler slot (tests/test_unserved_and_rescue.py) ----------------
+
+
+@taskqueue.handler("appname_sleeper", queue="appname", max_attempts=1)
+def appname_sleeper(seconds: float) -> str:
+    """A long query that must survive another slot's timeout kill; returns its session name."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [seconds])
+        cursor.execute("SELECT current_setting('application_name')")
+        return cursor.fetchone()[0]
+
+
+@taskqueue.handler("appname_hang", queue="appname", timeout=1, max_attempts=1)
+def appname_hang() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(600)")  # stopped at its 1 s timeout
