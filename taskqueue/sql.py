@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
 from taskqueue.models import READY_STATES, CircuitState, Task, TaskStatus, TaskType
+from taskqueue.registry import registry
 
 NOTIFY_CHANNEL = "taskqueue"
 _READY = ", ".join(f"'{state.value}'" for state in READY_STATES)
@@ -95,53 +98,76 @@ def claim_statement(
     limit: int,
     lease: uuid.UUID,
     task_type: str | None = None,
+    served_types: Sequence[str] | None = None,
 ) -> tuple[str, list[Any]]:
     """Return the claim statement and its parameters (also used to EXPLAIN it in tests).
 
     Without ``task_type``: every type not under flow control. With it: that type only (the
-    gated claim, which has checked the type's limits under its row lock).
+    gated claim, which has checked the type's limits under its row lock). Either way only
+    ``served_types`` (default: the types this process registers) are claimed.
     """
     kind = vendor(using)
+    served = list(registry.names() if served_types is None else served_types)
+    sql = _claim_sql(kind, len(queues), task_type is not None)
+    # The served types travel as one array (PostgreSQL) or one JSON list (SQLite): the
+    # statement's text is the same for every claim of a worker, whatever it registers.
+    types_param: Any = served if kind == "postgresql" else json.dumps(served)
+    pick_params: list[Any] = [*queues, types_param]
+    if task_type is not None:
+        pick_params.append(task_type)
+    if kind == "postgresql":
+        return sql, [*pick_params, limit, worker_id, lease]
+    return sql, [worker_id, lease.hex, *pick_params, limit]
+
+
+@lru_cache(maxsize=64)
+def _claim_sql(kind: str, queue_count: int, one_type: bool) -> str:
     table = Task._meta.db_table
     now = _NOW[kind]
-    placeholders = ", ".join(["%s"] * len(queues))
-    type_filter = f"NOT IN ({_GATED_TYPES})" if task_type is None else "= %s"
-    pick_params: list[Any] = [*queues] if task_type is None else [*queues, task_type]
+    placeholders = ", ".join(["%s"] * queue_count)
+    served = "= ANY(%s::text[])" if kind == "postgresql" else "IN (SELECT value FROM json_each(%s))"
+    type_filter = "AND task_type = %s" if one_type else f"AND task_type NOT IN ({_GATED_TYPES})"
     # One statement: pick due ids in the partial index's order, skip rows another worker is
     # locking right now, and mark them ours. The attempt is counted here, at claim, so a
-    # task that kills its worker still runs out of attempts.
+    # task that kills its worker still runs out of attempts. A type this worker has no
+    # handler for stays for a worker that has one (a rolling deploy: newer code registers
+    # it), rather than being claimed and dead-lettered here.
     pick = (
         f"SELECT id FROM {table} WHERE status IN ({_READY}) AND run_at <= {now} "
-        f"AND queue IN ({placeholders}) AND task_type {type_filter} "
+        f"AND queue IN ({placeholders}) AND task_type {served} {type_filter} "
         "ORDER BY priority DESC, run_at, created_at LIMIT %s"
     )
     if kind == "postgresql":
         returning = ", ".join(f"t.{column}" for column in CLAIMED_COLUMNS)
-        sql = (
+        return (
             f"WITH due AS ({pick} FOR UPDATE SKIP LOCKED) "
             f"UPDATE {table} AS t SET status = '{_RUNNING}', attempts = t.attempts + 1, "
             f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
             f"cancel_requested = false FROM due WHERE t.id = due.id RETURNING {returning}"
         )
-        return sql, [*pick_params, limit, worker_id, lease]
     # SQLite has one writer at a time: the UPDATE takes the write lock before its subquery
     # reads, so two workers can never pick the same row.
-    sql = (
+    return (
         f"UPDATE {table} SET status = '{_RUNNING}', attempts = attempts + 1, "
         f"started_at = {now}, updated_at = {now}, claimed_by = %s, lease_id = %s, "
         f"cancel_requested = 0 WHERE id IN ({pick}) RETURNING {', '.join(CLAIMED_COLUMNS)}"
     )
-    return sql, [worker_id, lease.hex, *pick_params, limit]
 
 
 def claim_due(
     using: str, worker_id: str, queues: list[str], limit: int, task_type: str | None = None
 ) -> list[ClaimedTask]:
-    """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt."""
+    """Mark up to ``limit`` due tasks running for ``worker_id`` and count the attempt.
+
+    Only types this process registers a handler for are claimed: with none, nothing is.
+    """
     if limit <= 0 or not queues:
         return []
+    served = registry.names()
+    if not served or (task_type is not None and task_type not in served):
+        return []
     lease = uuid.uuid4()
-    sql, params = claim_statement(using, worker_id, queues, limit, lease, task_type)
+    sql, params = claim_statement(using, worker_id, queues, limit, lease, task_type, served)
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()

@@ -14,7 +14,10 @@ code                     degraded when                            unhealthy when
 ``no_worker``            never                                    due tasks of a type and
                                                                   queue that no live worker
                                                                   serves (paused types
-                                                                  excepted)
+                                                                  excepted): none serves
+                                                                  the queue, or those that
+                                                                  do have no handler for
+                                                                  the type (rolling deploy)
 ``circuit_open``         a task type's circuit is open/probing    never
 ``schedule_late``        a schedule is late                       never
 ``database``             never                                    the database is unreachable
@@ -36,6 +39,7 @@ from django.db import DatabaseError
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import TaskType
 from taskqueue.monitoring import queries
+from taskqueue.monitoring.unserved import describe, unserved_work
 
 logger = logging.getLogger("taskqueue.monitoring.health")
 
@@ -165,7 +169,7 @@ def _issues(using: str) -> list[Issue]:
             )
         )
     workers = queries.live_workers(using)
-    unserved = queries.unserved_work(snapshot, workers)
+    unserved = unserved_work(snapshot, workers, using)
     paused = set(
         TaskType.objects.using(using)
         .filter(paused=True, name__in={item["task_type"] for item in unserved})
@@ -174,15 +178,9 @@ def _issues(using: str) -> list[Issue]:
     for item in unserved:
         if item["task_type"] in paused:
             continue
-        issues.append(
-            Issue(
-                "no_worker",
-                UNHEALTHY,
-                f"{item['due']} due {item['task_type']!r} tasks in queue {item['queue']!r} "
-                "and no live worker serves them",
-                item,
-            )
-        )
+        # The why is in the message; the data keeps the (type, queue, due) it always had.
+        data = {key: item[key] for key in ("task_type", "queue", "due")}
+        issues.append(Issue("no_worker", UNHEALTHY, describe(item), data))
     for circuit in queries.open_circuits(using):
         issues.append(
             Issue(

@@ -498,19 +498,3 @@ def open_circuits(using: str | None = None) -> list[dict[str, Any]]:
         }
         for task_type in types.order_by("name")
     ]
-
-
-def unserved_work(snapshot: QueueSnapshot, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """(type, queue) pairs with due tasks and no live worker serving both the type and the
-    queue, with how many tasks are due."""
-    served = {
-        (task_type, queue)
-        for worker in workers
-        for task_type in worker["task_types"]
-        for queue in worker["queues"]
-    }
-    return [
-        {"task_type": task_type, "queue": queue, "due": due}
-        for (task_type, queue), due in sorted(snapshot.due_groups().items())
-        if (task_type, queue) not in served
-    ]

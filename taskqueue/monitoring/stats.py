@@ -12,6 +12,7 @@ from typing import Any
 
 from taskqueue.monitoring import metrics, queries
 from taskqueue.monitoring.metrics import WindowSummary
+from taskqueue.monitoring.unserved import unserved_work
 
 DEFAULT_WINDOW = 3600
 MIN_WINDOW = 60
@@ -209,6 +210,8 @@ def collect(window: int = DEFAULT_WINDOW, using: str | None = None) -> dict[str,
         "wait_time": _timings(overall)["wait_time"],
         "dead_letters": {"unreviewed": queries.unreviewed_dead_letters(using)},
         "workers": {"live": len(workers), "list": workers},
+        # Due (type, queue) pairs no live worker will claim, and why (see monitoring.unserved).
+        "unserved_work": unserved_work(snapshot, workers, using),
         "open_circuits": queries.open_circuits(using),
         "late_schedules": [item.as_dict() for item in late],
         "approximate": approximate,
