@@ -425,22 +425,23 @@ def test_default_alert_settings_are_clean() -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "text"),
+    ("key", "value", "id_", "text"),
     [
-        ("EMAIL", "yes", "TASKQUEUE['ALERTS']['EMAIL'] must be True or False"),
-        ("WEBHOOK_CRITICAL_ONLY", 1, "['WEBHOOK_CRITICAL_ONLY'] must be True or False"),
-        ("WEBHOOK_URL", "hooks.example.com/x", "['WEBHOOK_URL'] must be an http:// or https://"),
-        ("WEBHOOK_URL", "ftp://example.com/", "['WEBHOOK_URL'] must be an http:// or https://"),
-        ("WEBHOOK_EVENTS", ["dead_lettered", "exploded"], "['WEBHOOK_EVENTS'] must be a list"),
-        ("WEBHOOK_EVENTS", "dead_lettered", "['WEBHOOK_EVENTS'] must be a list"),
-        ("THROTTLE", 0, "['THROTTLE'] must be a positive number of seconds, got 0"),
-        ("WEBHOOK_TIMEOUT", "5", "['WEBHOOK_TIMEOUT'] must be a positive number of seconds"),
+        ("EMAIL", "yes", "E002", "TASKQUEUE['ALERTS']['EMAIL'] must be True or False"),
+        ("WEBHOOK_CRITICAL_ONLY", 1, "E002", "['WEBHOOK_CRITICAL_ONLY'] must be True or False"),
+        ("WEBHOOK_URL", "hooks.example.com/x", "E010", "['WEBHOOK_URL'] must be an http://"),
+        ("WEBHOOK_URL", "ftp://example.com/", "E010", "['WEBHOOK_URL'] must be an http://"),
+        ("WEBHOOK_EVENTS", ["dead_lettered", "exploded"], "E007", "['WEBHOOK_EVENTS'] must be"),
+        ("WEBHOOK_EVENTS", "dead_lettered", "E002", "['WEBHOOK_EVENTS'] must be a list"),
+        ("THROTTLE", 0, "E006", "['THROTTLE'] must be a positive number of seconds, got 0"),
+        ("WEBHOOK_TIMEOUT", "5", "E002", "['WEBHOOK_TIMEOUT'] must be a positive number"),
     ],
 )
-def test_bad_alert_setting_is_e002_naming_it(key: str, value: Any, text: str) -> None:
+def test_bad_alert_setting_is_reported_naming_it(key: str, value: Any, id_: str, text: str) -> None:
+    # Ids by kind of problem (docs/checks.md): E002 type, E006 range, E007 choice, E010 URL.
     with override_settings(TASKQUEUE={"ALERTS": {key: value}}):
         messages = check_settings()
-    assert [message.id for message in messages] == ["taskqueue.E002"]
+    assert [message.id for message in messages] == [f"taskqueue.{id_}"]
     assert text in messages[0].msg
 
 

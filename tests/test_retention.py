@@ -427,24 +427,25 @@ def check(settings: Any, **retention: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("key", "value", "message"),
+    ("key", "value", "id_", "message"),
     [
-        ("completed", 0, "TASKQUEUE['RETENTION']['completed'] must be a positive number"),
-        ("workers", -1, "TASKQUEUE['RETENTION']['workers'] must be a positive number"),
-        ("reviewed_dead", "30d", "TASKQUEUE['RETENTION']['reviewed_dead'] must be a positive"),
-        ("batch_size", 0, "TASKQUEUE['RETENTION']['batch_size'] must be a positive integer"),
-        ("batch_size", 2.5, "TASKQUEUE['RETENTION']['batch_size'] must be a positive integer"),
-        ("batch_size", None, "TASKQUEUE['RETENTION']['batch_size'] must be a positive integer"),
-        ("cron", "every hour", "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
-        ("cron", "0 0 30 2 *", "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
-        ("cron", 15, "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
+        ("completed", 0, "E006", "TASKQUEUE['RETENTION']['completed'] must be a positive number"),
+        ("workers", -1, "E006", "TASKQUEUE['RETENTION']['workers'] must be a positive number"),
+        ("reviewed_dead", "30d", "E002", "TASKQUEUE['RETENTION']['reviewed_dead'] must be a"),
+        ("batch_size", 0, "E006", "TASKQUEUE['RETENTION']['batch_size'] must be a positive"),
+        ("batch_size", 2.5, "E002", "TASKQUEUE['RETENTION']['batch_size'] must be a positive"),
+        ("batch_size", None, "E002", "TASKQUEUE['RETENTION']['batch_size'] must be a positive"),
+        ("cron", "every hour", "E004", "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
+        ("cron", "0 0 30 2 *", "E004", "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
+        ("cron", 15, "E004", "TASKQUEUE['RETENTION']['cron'] is not a valid cron"),
     ],
 )
-def test_bad_retention_values_are_e002_naming_the_key(
-    settings: Any, key: str, value: Any, message: str
+def test_bad_retention_values_are_reported_naming_the_key(
+    settings: Any, key: str, value: Any, id_: str, message: str
 ) -> None:
+    # Ids by kind of problem (docs/checks.md): E002 type, E006 range, E004 schedule (cron).
     messages = check(settings, **{key: value})
-    assert [m.id for m in messages] == ["taskqueue.E002"]
+    assert [m.id for m in messages] == [f"taskqueue.{id_}"]
     assert messages[0].msg.startswith(message)
     assert repr(value) in messages[0].msg
 

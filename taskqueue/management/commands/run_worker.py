@@ -6,8 +6,11 @@ import logging
 import sys
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from taskqueue.checks.messages import QUEUE_NOT_SERVED
+from taskqueue.checks.queues import unserved_queues_line
 from taskqueue.conf import settings as tq_settings
 from taskqueue.registry import QUEUE_PATTERN, registry
 from taskqueue.worker.loop import POOLS, Worker, WorkerConfig
@@ -81,6 +84,17 @@ class Command(BaseCommand):
             "(default: TASKQUEUE['SHUTDOWN_TIMEOUT']).",
         )
 
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        """Run the system checks, less W003: this worker says itself which queues it leaves."""
+        # W003 judges TASKQUEUE['QUEUES'] alone; with --queues it would contradict the queues
+        # this worker serves, and without it repeat the start-up warning below.
+        silenced = django_settings.SILENCED_SYSTEM_CHECKS
+        django_settings.SILENCED_SYSTEM_CHECKS = [*silenced, QUEUE_NOT_SERVED]
+        try:
+            super().check(*args, **kwargs)
+        finally:
+            django_settings.SILENCED_SYSTEM_CHECKS = silenced
+
     def handle(self, *args: Any, **options: Any) -> None:
         queues = (
             [q.strip() for q in options["queues"].split(",") if q.strip()]
@@ -121,6 +135,9 @@ class Command(BaseCommand):
             ),
         )
         self._configure_logging(options["verbosity"])
+        unserved = unserved_queues_line(queues)
+        if unserved:
+            logging.getLogger("taskqueue.worker").warning(unserved)
         if not registry.names():
             self.stderr.write(
                 "No task handlers are registered: add @taskqueue.handler functions to a "
