@@ -28,6 +28,13 @@ DEFAULTS: dict[str, Any] = {
     "CANCEL_GRACE": 10,  # seconds a running task has to stop after a cancel before it is killed
     "SCHEDULE_GRACE": 600,  # seconds after its slot by which a scheduled run must succeed
     "SCHEDULES": {},
+    # Hosts a schedule's heartbeat URL entered in the admin may ping ("hc-ping.com",
+    # "*.example.com", IP addresses only when listed). Hosts of heartbeat URLs declared in
+    # code or in SCHEDULES are allowed without being listed.
+    "HEARTBEAT_HOSTS": [],
+    # Let outbound requests (heartbeat pings) reach loopback and private addresses; link-local
+    # and cloud metadata addresses stay refused (taskqueue.outbound).
+    "OUTBOUND_ALLOW_PRIVATE": False,
     # Ages in seconds (None keeps forever), pruned by the built-in "taskqueue-retention"
     # schedule in batches of batch_size rows.
     "RETENTION": {

@@ -34,6 +34,8 @@ def test_defaults_match_the_documented_contract() -> None:
         "CANCEL_GRACE": 10,
         "SCHEDULE_GRACE": 600,
         "SCHEDULES": {},
+        "HEARTBEAT_HOSTS": [],
+        "OUTBOUND_ALLOW_PRIVATE": False,
         "RETENTION": {
             "completed": 604800,
             "cancelled": 604800,

@@ -7,6 +7,7 @@ declaration) and only ``enabled`` editable, so a pause sticks across deploys.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django import forms
@@ -79,7 +80,10 @@ class ScheduleForm(forms.ModelForm):
         label=_("heartbeat URL"),
         required=False,
         max_length=500,
-        help_text=_("Optional http(s) URL requested after each success, for an outside monitor."),
+        help_text=_(
+            "Optional http(s) URL requested after each success, for an outside monitor. Its "
+            "host must be listed in TASKQUEUE['HEARTBEAT_HOSTS']."
+        ),
     )
 
     class Meta:
@@ -144,7 +148,9 @@ class ScheduleForm(forms.ModelForm):
         return self._checked(decl.validate_grace, self.cleaned_data.get("grace"))
 
     def clean_heartbeat_url(self) -> str:
-        return self._checked(decl.validate_heartbeat_url, self.cleaned_data.get("heartbeat_url"))
+        # Typed in by a user: the host must be allow-listed and its addresses public.
+        url = self.cleaned_data.get("heartbeat_url")
+        return self._checked(partial(decl.validate_heartbeat_url, entered_in_admin=True), url)
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 import urllib.error
@@ -382,7 +383,20 @@ def summary_body(summary: Summary, channel: str) -> str:
     return "\n".join(lines)
 
 
+# "@" before a word: Slack needs <!channel> to notify, but Mattermost and Discord, which take
+# the same JSON, notify on a bare @channel, @here, @everyone or @user.
+_MENTION = re.compile(r"@(?=\w)")
+
+
+def escape_chat_text(text: str) -> str:
+    """Return ``text`` with chat markup made inert: ``&``, ``<``, ``>`` and mentions."""
+    # Slack's rule for text that is not markup; "&" first, or the others would be doubled.
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@\u200b", text)
+
+
 def webhook_text(alert: Alert | None, summary: Summary | None) -> str:
+    """The chat message: plain text, every character of task data escaped."""
     lines = []
     if alert is not None:
         if alert.event in TASK_EVENTS:
@@ -404,7 +418,10 @@ def webhook_text(alert: Alert | None, summary: Summary | None) -> str:
     if summary is not None:
         prefix = "...and " if alert is not None else "[taskqueue] "
         lines.append(prefix + _one_line(summary.text(WEBHOOK), 3000))
-    return "\n".join(lines)
+    # Everything above is plain text, mostly task data (types, queues, errors, labels):
+    # escaped as a whole, so no piece can be missed. The admin path stays plain text (no
+    # host is known here, so no link markup); markup added later must come after this.
+    return escape_chat_text("\n".join(lines))
 
 
 def deliver(channel: str, alert: Alert | None, summary: Summary | None) -> bool:

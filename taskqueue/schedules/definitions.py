@@ -10,10 +10,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import URLValidator
 
+from taskqueue import outbound
+from taskqueue.conf import settings as tq_settings
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption
 from taskqueue.payloads import check_json
 from taskqueue.priorities import resolve_priority
@@ -41,6 +44,7 @@ SETTINGS_KEYS = frozenset(
 )
 NAME_MAX_LENGTH = 200
 URL_MAX_LENGTH = 500
+HEARTBEAT_HOSTS_SETTING = "TASKQUEUE['HEARTBEAT_HOSTS']"
 PENDING_ATTRIBUTE = "_taskqueue_periodic"
 _url_validator = URLValidator(schemes=["http", "https"])
 
@@ -152,21 +156,49 @@ def validate_grace(grace: Any) -> float | None:
     return float(grace)
 
 
-def validate_heartbeat_url(url: Any) -> str:
+def validate_heartbeat_url(url: Any, *, entered_in_admin: bool = False) -> str:
+    """Check a heartbeat URL's shape; one entered in the admin must pass the outbound guard.
+
+    URLs declared in code or settings are written by the project's developers: any host may
+    be named there (their addresses are still judged when pinged). A URL typed into the
+    admin is untrusted: its host must be in ``TASKQUEUE['HEARTBEAT_HOSTS']`` and resolve to
+    addresses ``taskqueue.outbound`` allows.
+    """
     if url in ("", None):
         return ""
     if not isinstance(url, str) or len(url) > URL_MAX_LENGTH:
+        shown = _url_without_path(url) if isinstance(url, str) else repr(url)
         raise ScheduleDefinitionError(
             f"heartbeat_url must be an http(s) URL of at most {URL_MAX_LENGTH} characters, "
-            f"got {url!r}"
+            f"got {shown}"
         )
     try:
         _url_validator(url)
     except ValidationError:
         raise ScheduleDefinitionError(
-            f"heartbeat_url must be an http:// or https:// URL, got {url!r}"
+            f"heartbeat_url must be an http:// or https:// URL, got {_url_without_path(url)}"
         ) from None
+    try:
+        if entered_in_admin:
+            hosts = outbound.AllowList.parse(tq_settings.HEARTBEAT_HOSTS, HEARTBEAT_HOSTS_SETTING)
+            outbound.check_url(url, hosts)
+        else:
+            outbound.parse_url(url)
+    except outbound.OutboundRefused as exc:
+        raise ScheduleDefinitionError(f"heartbeat_url {exc}") from None
+    except ImproperlyConfigured as exc:
+        raise ScheduleDefinitionError(f"heartbeat URLs cannot be checked: {exc}") from None
     return url
+
+
+def _url_without_path(url: str) -> str:
+    # A monitor's ping URL keeps its secret in the path: messages show the rest.
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return f"a URL of {len(url)} characters"
+    return repr(f"{parts.scheme}://{host}/..." if parts.scheme else f"{url.partition('/')[0]}/...")
 
 
 def declaration(name: Any, task: Any, cron: Any, **options: Any) -> ScheduleDeclaration:

@@ -4,6 +4,13 @@ Monitors in the style of healthchecks.io or Cronitor expect a request after ever
 successful run and alert when none arrives, which also catches the whole system being down.
 Pings go out from one background thread with a short timeout: a slow or dead monitor never
 holds up a worker, and a failed ping is logged, never retried or raised.
+
+Each ping goes through ``taskqueue.outbound`` again when it is sent, whatever checked the
+URL when it was stored (rows may predate the rule or come from elsewhere): its host must be
+in ``TASKQUEUE['HEARTBEAT_HOSTS']`` or be the host of a heartbeat URL declared in code or in
+``TASKQUEUE['SCHEDULES']`` (developers wrote those), its addresses must pass the private
+address rule, and a redirect is a failed ping. Logs name the host, never the URL: a
+monitor's ping URL is a secret.
 """
 
 from __future__ import annotations
@@ -13,18 +20,23 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 from collections import deque
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
+from taskqueue import outbound
+from taskqueue.conf import settings as tq_settings
+from taskqueue.schedules.declarations import declared_schedules
+from taskqueue.schedules.definitions import HEARTBEAT_HOSTS_SETTING
 
 logger = logging.getLogger("taskqueue.schedules.heartbeats")
 
 PING_TIMEOUT = 5.0  # seconds per request
 # Pings waiting beyond this many are dropped (a monitor that stopped answering).
 MAX_WAITING = 1000
+MAX_BODY = 1024  # bytes of a monitor's answer read before the connection is closed
 USER_AGENT = f"taskqueue/{taskqueue.__version__} (schedule heartbeat)"
 
 
@@ -41,11 +53,11 @@ class Pinger:
     def ping(self, urls: Iterable[str]) -> None:
         with self._condition:
             for url in dict.fromkeys(urls):  # once per URL per batch of successes
-                if not _is_http(url):
-                    logger.warning("not pinging %r: heartbeat URLs must be http or https", url)
-                    continue
                 if len(self._waiting) >= MAX_WAITING:
-                    logger.warning("heartbeat ping queue full; dropped the ping to %s", url)
+                    logger.warning(
+                        "heartbeat ping queue full; dropped the ping to %s",
+                        outbound.loggable_origin(url),
+                    )
                     continue
                 self._waiting.append(url)
             # A forked child inherits the parent's object but not its thread.
@@ -83,18 +95,52 @@ class Pinger:
                     self._condition.notify_all()
 
 
-def _is_http(url: str) -> bool:
-    return isinstance(url, str) and urlsplit(url).scheme in ("http", "https")
+def allowed_hosts() -> outbound.AllowList:
+    """HEARTBEAT_HOSTS plus the hosts of the heartbeat URLs declared in code and settings."""
+    configured = outbound.AllowList.parse(tq_settings.HEARTBEAT_HOSTS, HEARTBEAT_HOSTS_SETTING)
+    declared, _ = declared_schedules(tq_settings.SCHEDULES)
+    hosts = set(configured.names)
+    for declaration in declared:
+        if declaration.heartbeat_url:
+            try:
+                hosts.add(outbound.parse_url(declaration.heartbeat_url).host)
+            except outbound.OutboundRefused:
+                continue  # refused again, with its reason, if it is ever pinged
+    return outbound.AllowList(frozenset(hosts), configured.suffixes, False, HEARTBEAT_HOSTS_SETTING)
 
 
 def _send(url: str) -> None:
-    # Only http(s) URLs reach here (checked in ping), never file: or custom schemes.
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": USER_AGENT})  # noqa: S310
+    origin = outbound.loggable_origin(url)
     try:
-        with urllib.request.urlopen(request, timeout=PING_TIMEOUT) as response:  # noqa: S310
-            response.read(1024)
+        response = outbound.request(
+            url,
+            allowed_hosts(),
+            headers={"User-Agent": USER_AGENT},
+            timeout=PING_TIMEOUT,
+            max_body=MAX_BODY,
+        )
+    except (outbound.OutboundRefused, ImproperlyConfigured) as exc:
+        logger.warning("heartbeat ping to %s refused: %s", origin, exc, extra={"host": origin})
+        return
     except Exception as exc:  # a monitor's failure must never reach the worker
-        logger.warning("heartbeat ping to %s failed: %s", url, exc)
+        logger.warning(
+            "heartbeat ping to %s failed: %s: %s",
+            origin,
+            type(exc).__name__,
+            exc,
+            extra={"host": origin},
+        )
+        return
+    if not response.ok:
+        unfollowed = " (redirects are not followed)" if response.is_redirect else ""
+        logger.warning(
+            "heartbeat ping to %s failed: it answered %d %s%s",
+            origin,
+            response.status,
+            response.reason,
+            unfollowed,
+            extra={"host": origin},
+        )
 
 
 pinger = Pinger()
