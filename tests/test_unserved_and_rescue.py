@@ -30,7 +30,7 @@ from taskqueue.monitoring import health, queries, stats
 from taskqueue.monitoring.unserved import TYPE_NOT_REGISTERED
 from taskqueue.registry import registry
 from taskqueue.store import rescue
-from taskqueue.worker.child import application_name
+from taskqueue.worker.sessions import application_name
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import past
 

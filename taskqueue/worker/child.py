@@ -7,7 +7,6 @@ SIGINT and SIGTERM (its worker decides when it stops) and dies with its worker.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import random
 import signal
@@ -15,30 +14,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
-
-
-# PostgreSQL keeps NAMEDATALEN - 1 bytes of an application_name and shows any character
-# outside printable ASCII as something else ("?" or an escape): a name longer than this or
-# not plain ASCII would not match what _terminate_sessions looks for, or would match a
-# neighbour's.
-APPLICATION_NAME_BYTES = 63
-APPLICATION_NAME_PREFIX = "taskqueue:"
-APPLICATION_NAME_HASH_CHARS = 12
-
-
-def application_name(worker_id: str, slot: int) -> str:
-    """The PostgreSQL application_name of a child's connections: one per worker id and slot."""
-    ending = f":{slot}"
-    readable = "".join(char if " " <= char <= "~" else "_" for char in worker_id)
-    name = f"{APPLICATION_NAME_PREFIX}{readable}{ending}"
-    if readable == worker_id and len(name) <= APPLICATION_NAME_BYTES:
-        return name
-    # Too long or not plain ASCII: a readable head of the id, then a hash of all of it, so
-    # ids that share their first characters still name different sessions.
-    digest = hashlib.sha256(worker_id.encode("utf-8", "surrogatepass")).hexdigest()
-    tail = f"~{digest[:APPLICATION_NAME_HASH_CHARS]}{ending}"
-    room = max(APPLICATION_NAME_BYTES - len(APPLICATION_NAME_PREFIX) - len(tail), 0)
-    return f"{APPLICATION_NAME_PREFIX}{readable[:room]}{tail}"
 
 
 def child_main(
@@ -56,6 +31,7 @@ def child_main(
     import django
 
     django.setup()
+    # Imported once Django is set up: these load models and the project's settings.
     from django.db import connections
 
     from taskqueue.monitoring import stream
@@ -63,6 +39,7 @@ def child_main(
     from taskqueue.worker.executor import AsyncRunner
     from taskqueue.worker.memory import over_ceiling, resident_mib
     from taskqueue.worker.pools import run_task
+    from taskqueue.worker.sessions import application_name
 
     for alias in connections:
         if connections[alias].vendor == "postgresql":

@@ -30,7 +30,9 @@ from taskqueue.monitoring.recorder import Recorder
 from taskqueue.schedules.worker import schedule_duties, sync_at_start
 from taskqueue.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence, shutdown
+from taskqueue.worker.backlog import counts_against_breaker
 from taskqueue.worker.cancelling import CancelWatch
+from taskqueue.worker.circuits import CircuitWatch
 from taskqueue.worker.duties import Duty, DutyThread
 from taskqueue.worker.gates import Gates
 from taskqueue.worker.listener import ListenerThread
@@ -99,6 +101,9 @@ class Worker:
         self.gates = Gates(self.using, config.poll_interval)
         self.cancel_watch = CancelWatch(config.cancel_grace, self._finished, config.worker_id)
         self.recorder = Recorder(config.worker_id, self.using)
+        self.circuit_watch = CircuitWatch(self.using, config.worker_id)
+        # Claimed tasks an open circuit sends back, until the store has taken them back.
+        self.sending_back: list[ClaimedTask] = []
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -246,6 +251,7 @@ class Worker:
         """Record finished outcomes, then claim more: (tried to claim, claimed)."""
         self.flush_finished()
         self.cancel_watch.check(self.in_hand, self.pool)
+        self._send_back_for_open_circuits()
         free = self._free_slots()
         if free == 0:
             return False, 0
@@ -323,6 +329,22 @@ class Worker:
         # Wake the loop once a batch's worth is done, or at once when nothing else runs.
         if waiting >= self.batch_threshold or waiting >= len(self.in_hand):
             self.wake()
+
+    def _send_back_for_open_circuits(self) -> None:
+        """Return unstarted tasks of types whose circuit opened, attempt given back."""
+        with self.finished_lock:
+            unrecorded = {
+                item.task.task_type
+                for item in self.finished
+                if counts_against_breaker(item.task.task_type, item.outcome)
+            }
+        self.sending_back += self.circuit_watch.check(self.in_hand, self.pool, unrecorded)
+        if self.sending_back:
+            # On a connection error they stay here (and in hand) for the next turn.
+            store.release_tasks(self.sending_back)
+            for task in self.sending_back:
+                self.in_hand.pop(task.id, None)
+            self.sending_back = []
 
     def _take_finished(self) -> list[Finished]:
         with self.finished_lock:

@@ -9,7 +9,6 @@ worker, lighter but unable to stop a sync handler that overruns.
 from __future__ import annotations
 
 import logging
-import queue
 import random
 import threading
 import time
@@ -21,6 +20,7 @@ from django.db import DatabaseError, close_old_connections, connections
 
 from taskqueue import signals, store
 from taskqueue.sql import ClaimedTask
+from taskqueue.worker.backlog import Backlog
 from taskqueue.worker.executor import (
     DEAD,
     RETRY,
@@ -53,6 +53,12 @@ class HandlerPool(Protocol):
 
     def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
         """Withdraw those of ``task_ids`` that are submitted and not started yet."""
+
+    def held_types(self) -> set[str]:
+        """Task types held back after a failure their circuit breaker counts."""
+
+    def release_held(self, task_types: Collection[str]) -> None:
+        """Let the held-back tasks of ``task_types`` start (their failures are recorded)."""
 
     def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
         """Stop the running handler of one task (cancelled after its grace period)."""
@@ -109,14 +115,16 @@ class ThreadPool:
         self.size = size
         self.worker_id = worker_id
         self.on_finished = on_finished
-        self.tasks: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+        self.backlog = Backlog()
+        self.closing = False
         self.async_runner = AsyncRunner()
         self.threads = [
             threading.Thread(target=self._serve, name=f"taskqueue-task-{slot}", daemon=True)
             for slot in range(size)
         ]
         self.busy = 0
-        self.lock = threading.Lock()
+        # Guards the backlog and the counters; threads wait on it for a task they may start.
+        self.lock = threading.Condition()
         self.running: set[uuid.UUID] = set()
         self.stopped: dict[uuid.UUID, str] = {}  # task id -> why it was cancelled
 
@@ -125,14 +133,25 @@ class ThreadPool:
             thread.start()
 
     def submit(self, task: ClaimedTask) -> None:
-        self.tasks.put(task)
+        with self.lock:
+            self.backlog.add(task)
+            self.lock.notify()
+
+    def _next_task(self) -> ClaimedTask | None:
+        """Wait for a task this thread may start (None: the pool is closing)."""
+        with self.lock:
+            while not self.closing:
+                task = self.backlog.next()
+                if task is not None:
+                    self.busy += 1
+                    self.running.add(task.id)
+                    return task
+                self.lock.wait()
+        return None
 
     def _serve(self) -> None:
         rng = random.Random()
-        while (task := self.tasks.get()) is not None:
-            with self.lock:
-                self.busy += 1
-                self.running.add(task.id)
+        while (task := self._next_task()) is not None:
             try:
                 finished = run_task(task, self.worker_id, self.async_runner, rng)
             finally:
@@ -144,29 +163,29 @@ class ThreadPool:
                 # The CancelledError came from stop(): say why, instead of a failure.
                 outcome = cancelled_outcome(finished.outcome.duration, reason)
                 finished = Finished(task, outcome, finished.context)
+            with self.lock:
+                # Before this thread takes its next task: a failure its type's circuit
+                # breaker counts holds that type back until the loop has recorded it.
+                self.backlog.note_outcome(task.task_type, finished.outcome)
             self.on_finished(finished)
         connections.close_all()
 
     def take_not_started(self) -> list[ClaimedTask]:
-        withdrawn: list[ClaimedTask] = []
-        while True:
-            try:
-                task = self.tasks.get_nowait()
-            except queue.Empty:
-                return withdrawn
-            if task is not None:
-                withdrawn.append(task)
+        with self.lock:
+            return self.backlog.take_all()
 
     def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
-        # A SimpleQueue cannot remove from its middle: take everything, put the rest back in
-        # order. Only the main thread submits, so nothing new arrives meanwhile.
-        withdrawn: list[ClaimedTask] = []
-        for task in self.take_not_started():
-            if task.id in task_ids:
-                withdrawn.append(task)
-            else:
-                self.tasks.put(task)
-        return withdrawn
+        with self.lock:
+            return self.backlog.take(task_ids)
+
+    def held_types(self) -> set[str]:
+        with self.lock:
+            return set(self.backlog.held)
+
+    def release_held(self, task_types: Collection[str]) -> None:
+        with self.lock:
+            if self.backlog.release(task_types):
+                self.lock.notify_all()
 
     def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
         with self.lock:
@@ -186,6 +205,7 @@ class ThreadPool:
             return self.busy == 0
 
     def close(self) -> None:
-        for _ in self.threads:
-            self.tasks.put(None)
+        with self.lock:
+            self.closing = True
+            self.lock.notify_all()
         self.async_runner.close()

@@ -16,22 +16,23 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from django.db import DatabaseError, connections
+from django.db import connections
 
 from taskqueue.models import AttemptOutcome
 from taskqueue.monitoring import stream as event_stream
 from taskqueue.sql import ClaimedTask
 from taskqueue.worker import wire
-from taskqueue.worker.child import application_name, child_main
+from taskqueue.worker.backlog import Backlog
+from taskqueue.worker.child import child_main
 from taskqueue.worker.executor import cancelled_outcome, failed_attempt
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools import OnFinished, StopResult
+from taskqueue.worker.sessions import application_name, terminate_sessions
 
 logger = logging.getLogger("taskqueue.worker.processes")
 
@@ -65,7 +66,7 @@ class ProcessPool:
         self.on_finished = on_finished
         self.context = multiprocessing.get_context("spawn")
         self.children: list[_Child] = []
-        self.waiting: deque[ClaimedTask] = deque()
+        self.backlog = Backlog()
         self.lock = threading.RLock()
         self.rng = random.Random()
         self.closed = False
@@ -97,21 +98,25 @@ class ProcessPool:
 
     def submit(self, task: ClaimedTask) -> None:
         with self.lock:
-            self.waiting.append(task)
+            self.backlog.add(task)
             self._dispatch()
 
     def take_not_started(self) -> list[ClaimedTask]:
         with self.lock:
-            withdrawn = list(self.waiting)
-            self.waiting.clear()
-        return withdrawn
+            return self.backlog.take_all()
 
     def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
         with self.lock:
-            withdrawn = [task for task in self.waiting if task.id in task_ids]
-            if withdrawn:
-                self.waiting = deque(task for task in self.waiting if task.id not in task_ids)
-        return withdrawn
+            return self.backlog.take(task_ids)
+
+    def held_types(self) -> set[str]:
+        with self.lock:
+            return set(self.backlog.held)
+
+    def release_held(self, task_types: Collection[str]) -> None:
+        with self.lock:
+            if self.backlog.release(task_types):
+                self._dispatch()
 
     def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
         with self.lock:
@@ -203,15 +208,15 @@ class ProcessPool:
     def _dispatch(self) -> None:
         """Hand queued tasks to free children (call with the lock held)."""
         for child in self.children:
-            if not self.waiting:
-                return
             if not child.ready or child.task is not None:
                 continue
-            task = self.waiting.popleft()
+            task = self.backlog.next()
+            if task is None:
+                return
             try:
                 child.conn.send_bytes(wire.encode(wire.task_message(task)))
             except OSError:
-                self.waiting.appendleft(task)
+                self.backlog.put_back(task)
                 self._replace(child, "its pipe broke")
                 continue
             child.task = task
@@ -240,7 +245,7 @@ class ProcessPool:
         """Stop a child at once, and the database sessions its handler had open."""
         child.process.kill()
         child.process.join(5)
-        _terminate_sessions(application_name(self.worker_id, child.slot))
+        terminate_sessions(application_name(self.worker_id, child.slot))
 
     # --- the collector thread ------------------------------------------------------------
 
@@ -296,21 +301,28 @@ class ProcessPool:
             task, child.task, child.deadline = child.task, None, None
             if "recycle" in message:
                 self._replace(child, f"recycles: {message['recycle']}")
+            outcome = None
+            if task is not None:
+                try:
+                    outcome = wire.outcome_from_message(message)
+                except (KeyError, TypeError, ValueError):
+                    logger.exception("handler process %d sent an unreadable outcome", child.slot)
+                else:
+                    # Before the freed slot takes its next task (see worker/backlog.py).
+                    self.backlog.note_outcome(task.task_type, outcome)
             self._dispatch()
-        if task is not None:
-            try:
-                outcome = wire.outcome_from_message(message)
-            except (KeyError, TypeError, ValueError):
-                logger.exception("handler process %d sent an unreadable outcome", child.slot)
-                self._report_failure(
-                    child,
-                    task,
-                    error_type="WorkerError",
-                    error="the handler process sent an outcome the worker could not read",
-                    attempt_outcome=AttemptOutcome.FAILED,
-                )
-                return
-            self.on_finished(Finished(task, outcome, None))
+        if task is None:
+            return
+        if outcome is None:
+            self._report_failure(
+                child,
+                task,
+                error_type="WorkerError",
+                error="the handler process sent an outcome the worker could not read",
+                attempt_outcome=AttemptOutcome.FAILED,
+            )
+            return
+        self.on_finished(Finished(task, outcome, None))
 
     def _child_died(self, child: _Child) -> None:
         """A child exited on its own: a handler crashed it (call with the lock held)."""
@@ -368,6 +380,8 @@ class ProcessPool:
             error=error,
             attempt_outcome=attempt_outcome,
         )
+        with self.lock:
+            self.backlog.note_outcome(task.task_type, outcome)
         self.on_finished(Finished(task, outcome, None))
 
 
@@ -377,23 +391,3 @@ def _kill_stray_children() -> None:
         if process.name.startswith(CHILD_NAME) and process.is_alive():
             process.kill()
             process.join(5)
-
-
-def _terminate_sessions(name: str) -> None:
-    """Terminate the PostgreSQL sessions a killed child left behind (its query goes too)."""
-    for alias in connections:
-        connection = connections[alias]
-        if connection.vendor != "postgresql":
-            continue
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = %s",
-                    [name],
-                )
-        except DatabaseError:
-            logger.warning(
-                "could not stop the database sessions of %s on %r", name, alias, exc_info=True
-            )
-            connection.close()

@@ -583,3 +583,20 @@ def appname_sleeper(seconds: float) -> str:
 def appname_hang() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(600)")  # stopped at its 1 s timeout
+
+
+# --- circuit breaker overshoot (tests/test_circuit_overshoot.py) ------------------------------
+
+
+@taskqueue.handler(
+    "overshoot_fail",
+    queue="breaker",
+    retry=taskqueue.NoRetry(),
+    circuit_breaker=taskqueue.CircuitBreaker(failures=3, cooldown=3600),
+)
+def overshoot_fail(n: int, seconds: float = 0.0) -> None:
+    """Fail after ``seconds``, like a call to a service that is down."""
+    import time
+
+    time.sleep(seconds)  # the handler's work, not synchronisation
+    raise ConnectionError(f"service unavailable ({n})")
