@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+from typing import Any
 
 from django.db import connection
 
@@ -600,3 +601,48 @@ def overshoot_fail(n: int, seconds: float = 0.0) -> None:
 
     time.sleep(seconds)  # the handler's work, not synchronisation
     raise ConnectionError(f"service unavailable ({n})")
+
+
+# --- fuzzing outcomes through a real worker (tests/test_fuzz_worker.py) ----------------------
+
+
+def decode_fuzz_value(recipe: Any) -> Any:
+    """Rebuild a value from its storable recipe (see tests/test_fuzz_worker.py ``encode``),
+    so a handler can return or raise what no payload could carry (NUL, surrogates, ...)."""
+    kind = recipe[0]
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return recipe[1]
+    if kind == "int":
+        return int(recipe[1], 16)
+    if kind == "float":
+        return float.fromhex(recipe[1])
+    if kind == "str":
+        return bytes.fromhex(recipe[1]).decode("utf-8", "surrogatepass")
+    if kind == "list":
+        return [decode_fuzz_value(item) for item in recipe[1]]
+    if kind == "dict":
+        return {decode_fuzz_value(key): decode_fuzz_value(item) for key, item in recipe[1]}
+    if kind == "deep":
+        value = decode_fuzz_value(recipe[2])
+        for _ in range(recipe[1]):
+            value = [value]
+        return value
+    raise ValueError(f"unknown recipe {kind!r}")
+
+
+@taskqueue.handler("fuzz_outcome", queue="fuzz", max_attempts=2, retry=taskqueue.Fixed(0))
+def fuzz_outcome(mode: str = "return", recipe: Any = None, **extra: Any) -> Any:
+    """Return, raise or retry with a value rebuilt from ``recipe``; ``extra`` is fuzzed
+    payload that only has to arrive."""
+    value = decode_fuzz_value(recipe) if recipe is not None else None
+    if mode == "return":
+        return value
+    if mode == "raise":
+        raise RuntimeError(value)
+    if mode == "permanent":
+        raise taskqueue.PermanentError(value)
+    if mode == "retry":
+        raise taskqueue.Retry("fuzzed retry", delay=value)
+    raise ValueError(f"unknown mode {mode!r}")
