@@ -109,7 +109,7 @@ class HandlerSpec:
 
 def build_spec(name: str, func: Callable[..., Any], **options: Any) -> HandlerSpec:
     """Validate handler options and return the spec; errors name the handler and the option."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ImproperlyConfigured(
             f"invalid task type name {name!r}: use 1 to 200 letters, digits, '_', '.', ':' or '-'"
         )
@@ -137,7 +137,7 @@ def build_spec(name: str, func: Callable[..., Any], **options: Any) -> HandlerSp
                 f"taskqueue.Linear(), taskqueue.Fixed() or taskqueue.NoRetry(), got {retry!r}"
             )
         rate = options.get("rate_limit")
-        if rate is not None and (not isinstance(rate, str) or not RATE_PATTERN.match(rate)):
+        if rate is not None and (not isinstance(rate, str) or not RATE_PATTERN.fullmatch(rate)):
             raise InvalidTaskOption(f"rate_limit must look like '100/m' or '5/s', got {rate!r}")
         limit = options.get("concurrency_limit")
         if limit is not None and (

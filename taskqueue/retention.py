@@ -134,7 +134,7 @@ def _prune_queue() -> str:
     queues = tq_settings.QUEUES
     if isinstance(queues, list | tuple) and queues:
         first = queues[0]
-        if isinstance(first, str) and QUEUE_PATTERN.match(first):
+        if isinstance(first, str) and QUEUE_PATTERN.fullmatch(first):
             return first
     return "default"
 
@@ -150,7 +150,7 @@ def _retention_cron() -> str | None:
     try:
         return validate_cron(cron)
     except CronError:
-        # manage.py check reports a bad RETENTION once, as E002 naming the setting, and keeps
+        # manage.py check reports a bad RETENTION once, as E004 naming the setting, and keeps
         # run_worker from starting; the schedule machinery need not report it again.
         return None
 

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from croniter.croniter import CroniterError
 
+from taskqueue.payloads import short_repr
+
 # Shorthands croniter understands and that mean the same as in cron(8). "@reboot" has no
 # meaning for a queue, so it is not here.
 ALIASES = frozenset(
@@ -48,7 +50,7 @@ def validate_cron(expression: object) -> str:
     """Return ``expression`` normalised (single spaces); raise ``CronError`` saying why not."""
     if not isinstance(expression, str):
         raise CronError(
-            f"invalid cron expression {expression!r}: it must be a string, "
+            f"invalid cron expression {short_repr(expression)}: it must be a string, "
             f"not {type(expression).__name__}"
         )
     return _validate_cron_string(expression)

@@ -18,7 +18,8 @@ from django.core.validators import URLValidator
 from taskqueue import outbound
 from taskqueue.conf import settings as tq_settings
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption
-from taskqueue.payloads import check_json
+from taskqueue.limits import MAX_DELAY_SECONDS
+from taskqueue.payloads import check_json, short_repr
 from taskqueue.priorities import resolve_priority
 from taskqueue.registry import registry, validate_queue_name
 from taskqueue.schedules.cron import CronError, get_zone, validate_cron
@@ -96,7 +97,7 @@ def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX_LENGTH:
         raise ScheduleDefinitionError(
             f"schedule name must be a non-empty string of at most {NAME_MAX_LENGTH} "
-            f"characters, got {name!r}"
+            f"characters, got {short_repr(name)}"
         )
     return name
 
@@ -136,7 +137,9 @@ def validate_payload_for_task(task: str, payload: dict[str, Any]) -> None:
 def validate_catch_up(catch_up: Any) -> str:
     if catch_up not in CATCH_UP_CHOICES:
         choices = ", ".join(repr(choice) for choice in CATCH_UP_CHOICES)
-        raise ScheduleDefinitionError(f"catch_up must be one of {choices}, got {catch_up!r}")
+        raise ScheduleDefinitionError(
+            f"catch_up must be one of {choices}, got {short_repr(catch_up)}"
+        )
     return str(catch_up)
 
 
@@ -146,12 +149,13 @@ def validate_grace(grace: Any) -> float | None:
     if (
         isinstance(grace, bool)
         or not isinstance(grace, int | float)
-        or not math.isfinite(grace)
+        or (isinstance(grace, float) and not math.isfinite(grace))
         or grace <= 0
+        or grace > MAX_DELAY_SECONDS
     ):
         raise ScheduleDefinitionError(
-            f"grace must be a positive number of seconds (or None for SCHEDULE_GRACE), "
-            f"got {grace!r}"
+            "grace must be a positive number of seconds up to 10 years (or None for "
+            f"SCHEDULE_GRACE), got {short_repr(grace)}"
         )
     return float(grace)
 
@@ -209,7 +213,7 @@ def declaration(name: Any, task: Any, cron: Any, **options: Any) -> ScheduleDecl
     except CronError as exc:
         raise ScheduleDefinitionError(str(exc)) from None
     if not isinstance(task, str) or not task:
-        raise ScheduleDefinitionError(f"task must be a task type name, got {task!r}")
+        raise ScheduleDefinitionError(f"task must be a task type name, got {short_repr(task)}")
     queue = options.pop("queue", None)
     priority = options.pop("priority", None)
     enabled = options.pop("enabled", True)
@@ -222,9 +226,11 @@ def declaration(name: Any, task: Any, cron: Any, **options: Any) -> ScheduleDecl
     except InvalidTaskOption as exc:
         raise ScheduleDefinitionError(str(exc)) from None
     if not isinstance(enabled, bool):
-        raise ScheduleDefinitionError(f"enabled must be True or False, got {enabled!r}")
+        raise ScheduleDefinitionError(f"enabled must be True or False, got {short_repr(enabled)}")
     if not isinstance(description, str):
-        raise ScheduleDefinitionError(f"description must be a string, got {description!r}")
+        raise ScheduleDefinitionError(
+            f"description must be a string, got {short_repr(description)}"
+        )
     payload = validate_payload(options.pop("payload", None))
     return ScheduleDeclaration(
         name=validate_name(name),

@@ -44,7 +44,7 @@ TOKEN_EPSILON = 1e-9
 
 def parse_rate(rate: str) -> float:
     """Return a rate limit such as ``"100/m"`` in tasks per second."""
-    if not isinstance(rate, str) or not RATE_PATTERN.match(rate):
+    if not isinstance(rate, str) or not RATE_PATTERN.fullmatch(rate):
         raise InvalidTaskOption(f"rate_limit must look like '100/m' or '5/s', got {rate!r}")
     count, unit = rate.split("/")
     return int(count) / RATE_UNITS[unit]

@@ -101,7 +101,7 @@ class Command(BaseCommand):
             if options["queues"]
             else list(tq_settings.QUEUES)
         )
-        bad = [q for q in queues if not QUEUE_PATTERN.match(q)]
+        bad = [q for q in queues if not QUEUE_PATTERN.fullmatch(q)]
         if not queues or bad:
             raise CommandError(f"invalid --queues {options['queues']!r}: {bad or 'empty'}")
         poll_interval = (
