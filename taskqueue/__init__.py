@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from taskqueue.context import TaskContext
+from taskqueue.core.registry import CircuitBreaker
+from taskqueue.core.retry import Exponential, Fixed, Linear, NoRetry, RetryStrategy
 from taskqueue.exceptions import (
     InvalidPayload,
     InvalidTaskOption,
@@ -21,8 +23,6 @@ from taskqueue.exceptions import (
     UnknownTaskType,
 )
 from taskqueue.handlers import TaskHandler, handler, register
-from taskqueue.registry import CircuitBreaker
-from taskqueue.retry import Exponential, Fixed, Linear, NoRetry, RetryStrategy
 from taskqueue.schedules.declarations import periodic
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ class TaskqueueConfig(AppConfig):
         # Like admin.py: every installed app's tasks.py registers its handlers. No database
         # work here.
         from taskqueue import checks  # noqa: F401 - registers the system checks
-        from taskqueue.retention import register_retention
+        from taskqueue.builtins.prune import register_retention
 
         # Built in, so every worker serves it whatever the project's own handlers are.
         register_retention()

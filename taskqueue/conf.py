@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     # code or in SCHEDULES are allowed without being listed.
     "HEARTBEAT_HOSTS": [],
     # Let outbound requests (heartbeat pings) reach loopback and private addresses; link-local
-    # and cloud metadata addresses stay refused (taskqueue.outbound).
+    # and cloud metadata addresses stay refused (taskqueue.core.outbound).
     "OUTBOUND_ALLOW_PRIVATE": False,
     # Ages in seconds (None keeps forever), pruned by the built-in "taskqueue-retention"
     # schedule in batches of batch_size rows.

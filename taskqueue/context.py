@@ -73,7 +73,7 @@ class TaskContext:
         """Results of the tasks this one waited on (``depends_on``, chain, group), in the
         order they were given; read from the database on first use."""
         if self._upstream_results is None:
-            from taskqueue.store.workflows import upstream_results
+            from taskqueue.store.dependencies import upstream_results
 
             self._upstream_results = upstream_results(self.task_id)
         return self._upstream_results

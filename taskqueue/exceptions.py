@@ -28,7 +28,7 @@ class InvalidTaskOption(TaskqueueError, ValueError):
 class Retry(Exception):
     """Raise from a handler to retry the task, optionally after ``delay`` seconds.
 
-    The worker accepts a ``delay`` from 0 to ``taskqueue.limits.MAX_DELAY`` (10 years); any
+    The worker accepts a ``delay`` from 0 to ``taskqueue.core.limits.MAX_DELAY`` (10 years); any
     other (NaN, infinite, too long) fails the attempt with ``InvalidTaskOption`` naming it,
     and the handler's retry strategy decides what follows.
     """

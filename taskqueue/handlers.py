@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from taskqueue.registry import HandlerSpec, build_spec, registry
+from taskqueue.core.registry import HandlerSpec, build_spec, registry
 
 if TYPE_CHECKING:
     from taskqueue.models import Task

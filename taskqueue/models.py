@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
-from taskqueue.priorities import priority_label
+from taskqueue.core.priorities import priority_label
 
 
 class TaskStatus(models.TextChoices):

@@ -127,9 +127,9 @@ class _Composite:
         workflow and its tasks.
         """
         from taskqueue.conf import settings as tq_settings
+        from taskqueue.core.payloads import check_payload
         from taskqueue.exceptions import InvalidTaskOption
-        from taskqueue.payloads import check_payload
-        from taskqueue.store.workflows import enqueue_workflow
+        from taskqueue.store.dependencies import enqueue_workflow
 
         name = self.name if name is None else name
         created_by = self.created_by if created_by is None else created_by

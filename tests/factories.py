@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 
 from taskqueue import store
 from taskqueue.models import DeadLetter, Task, TaskStatus
-from taskqueue.sql import ClaimedTask, db_now
+from taskqueue.store.sql import ClaimedTask, db_now
 from tests.conftest import wait_for
 
 

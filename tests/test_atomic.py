@@ -11,8 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
 from taskqueue import store
+from taskqueue.core.registry import build_spec
 from taskqueue.models import Task, TaskStatus, Worker, WorkerStatus
-from taskqueue.registry import build_spec
 from taskqueue.worker.executor import COMMITTED, LOST, AsyncRunner, execute
 from tests.conftest import finish_worker, wait_for
 from tests.testapp.models import LedgerEntry

@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from taskqueue.checks import check_queues_served
 from taskqueue.checks.queues import unserved_queues_line
-from taskqueue.registry import build_spec, registry
+from taskqueue.core.registry import build_spec, registry
 from taskqueue.schedules import declare_builtin
 from taskqueue.schedules.declarations import declarations
 

@@ -18,10 +18,10 @@ from django.utils import timezone
 
 import taskqueue
 from taskqueue import signals
+from taskqueue.core.registry import build_spec, registry
+from taskqueue.core.retry import DEFAULT_STRATEGY
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import Task, TaskStatus
-from taskqueue.registry import build_spec, registry
-from taskqueue.retry import DEFAULT_STRATEGY
 from tests.factories import UserFactory, database_now
 
 pytestmark = pytest.mark.django_db

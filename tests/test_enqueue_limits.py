@@ -21,16 +21,16 @@ from django.utils import timezone
 
 import taskqueue
 from taskqueue import signals
+from taskqueue.core.limits import MAX_DELAY, MAX_DELAY_SECONDS
+from taskqueue.core.payloads import encoded_size
+from taskqueue.core.registry import validate_max_attempts, validate_timeout
 from taskqueue.exceptions import (
     InvalidPayload,
     InvalidTaskOption,
     PayloadTooLarge,
     UnknownTaskType,
 )
-from taskqueue.limits import MAX_DELAY, MAX_DELAY_SECONDS
 from taskqueue.models import Task, TaskDependency, TaskStatus
-from taskqueue.payloads import encoded_size
-from taskqueue.registry import validate_max_attempts, validate_timeout
 from taskqueue.store import bulk_enqueue
 from tests.factories import UserFactory, database_now
 

@@ -21,11 +21,11 @@ from django.test import override_settings
 
 import taskqueue
 from taskqueue import signals, store
+from taskqueue.builtins.prune import prune
 from taskqueue.checks import check_settings
 from taskqueue.events import Severity, TaskEvent, emit
 from taskqueue.models import EventRecord, Task, TaskStatus, Worker
 from taskqueue.monitoring.logging import EXTRA_FIELDS
-from taskqueue.retention import prune
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,9 +18,9 @@ from django.db.models.functions import Now
 
 import taskqueue
 from taskqueue import signals, store
+from taskqueue.core.registry import build_spec
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import CircuitState, Task, TaskAttempt, TaskStatus, TaskType
-from taskqueue.registry import build_spec
 from taskqueue.store import flow
 from taskqueue.worker.gates import Gates
 from taskqueue.worker.presence import register_worker

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import taskqueue
+from taskqueue.core.limits import MAX_DELAY
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
-from taskqueue.limits import MAX_DELAY
 from taskqueue.models import DeadLetter, Task, TaskStatus
-from taskqueue.sql import db_now
+from taskqueue.store.sql import db_now
 from tests.conftest import wait_for, worker_stderr_on_failure
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,9 +6,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
+from taskqueue.core.registry import registry
 from taskqueue.handlers import TaskHandler
 from taskqueue.models import Task, TaskStatus
-from taskqueue.registry import registry
 
 
 def greet(name: str, punctuation: str = "!") -> str:

@@ -10,7 +10,7 @@ from django.db import connection
 import taskqueue
 from taskqueue import store
 from taskqueue.models import Task
-from taskqueue.sql import claim_statement
+from taskqueue.store.sql import claim_statement
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db]
 
@@ -44,7 +44,7 @@ def test_claim_plan_uses_the_partial_due_index() -> None:
         cursor.execute("ANALYZE taskqueue_task")
     assert Task.objects.count() == HISTORY + BACKLOG
 
-    # EXPLAIN the very statement taskqueue.sql.claim_due runs (it builds it with this helper).
+    # EXPLAIN the very statement taskqueue.store.sql.claim_due runs (it builds it with this helper).
     statement, params = claim_statement(DATABASE, "explainer", ["default"], 10, uuid.uuid4())
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN " + statement, params)

@@ -20,6 +20,7 @@ from django.db.models.functions import Now
 
 import taskqueue
 from taskqueue import store
+from taskqueue.builtins.prune import prune
 from taskqueue.models import (
     AttemptOutcome,
     MetricsMinute,
@@ -37,8 +38,7 @@ from taskqueue.monitoring.metrics import (
     window_summaries,
 )
 from taskqueue.monitoring.recorder import Recorder
-from taskqueue.retention import prune
-from taskqueue.sql import db_now
+from taskqueue.store.sql import db_now
 from taskqueue.worker.executor import CANCELLED, DEAD, RETRY, SUCCEEDED, Outcome
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import TaskFactory, claim, past

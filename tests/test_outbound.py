@@ -1,4 +1,4 @@
-"""The outbound HTTP guard (taskqueue.outbound) against real local servers, heartbeat pings
+"""The outbound HTTP guard (taskqueue.core.outbound) against real local servers, heartbeat pings
 from a real worker, and chat webhook text that cannot ping or link.
 
 The schedule doors (admin form, declarations) and NUL in schedule payloads are in
@@ -24,11 +24,11 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 
-from taskqueue import outbound
+from taskqueue.core import outbound
+from taskqueue.core.outbound import ANY_HOST, AllowList, OutboundRefused, check_url, request
 from taskqueue.models import Schedule, Task, TaskStatus
 from taskqueue.monitoring import alerts
 from taskqueue.monitoring.alerts import WEBHOOK, Alert, Summary
-from taskqueue.outbound import ANY_HOST, AllowList, OutboundRefused, check_url, request
 from taskqueue.schedules import run_now
 from tests.conftest import finish_worker, wait_for
 from tests.test_alerts import Webhook

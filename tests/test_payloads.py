@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from taskqueue.exceptions import InvalidPayload, PayloadTooLarge
-from taskqueue.payloads import (
+from taskqueue.core.payloads import (
     MAX_DEPTH,
     check_json,
     check_payload,
@@ -21,6 +20,7 @@ from taskqueue.payloads import (
     short_repr,
     storable_text,
 )
+from taskqueue.exceptions import InvalidPayload, PayloadTooLarge
 
 CAP = 1_000_000
 

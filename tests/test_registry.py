@@ -8,8 +8,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
-from taskqueue.exceptions import InvalidTaskOption, UnknownTaskType
-from taskqueue.registry import (
+from taskqueue.core.registry import (
     HandlerSpec,
     Registry,
     build_spec,
@@ -18,6 +17,7 @@ from taskqueue.registry import (
     validate_queue_name,
     validate_timeout,
 )
+from taskqueue.exceptions import InvalidTaskOption, UnknownTaskType
 
 
 def send(to: str, subject: str = "") -> str:

@@ -13,7 +13,9 @@ from django.db import connection, transaction
 
 import taskqueue
 from taskqueue import store
+from taskqueue.builtins.prune import PRUNE_TASK, RETENTION_SCHEDULE, prune
 from taskqueue.checks import check_settings
+from taskqueue.core.registry import registry
 from taskqueue.models import (
     DeadLetter,
     Schedule,
@@ -25,8 +27,6 @@ from taskqueue.models import (
     WorkerStatus,
     Workflow,
 )
-from taskqueue.registry import registry
-from taskqueue.retention import PRUNE_TASK, RETENTION_SCHEDULE, prune
 from tests.factories import TaskFactory, past
 
 HOUR = 3600

@@ -8,8 +8,7 @@ import random
 import pytest
 
 import taskqueue
-from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.retry import (
+from taskqueue.core.retry import (
     DEFAULT_STRATEGY,
     Exponential,
     Fixed,
@@ -19,6 +18,7 @@ from taskqueue.retry import (
     next_delay,
     strategy_from_dict,
 )
+from taskqueue.exceptions import InvalidTaskOption
 
 
 @pytest.fixture

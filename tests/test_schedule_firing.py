@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from taskqueue import signals, sql, store
+from taskqueue import signals, store
 from taskqueue.events import TaskEvent
 from taskqueue.models import Schedule, ScheduleSource, Task, TaskStatus
 from taskqueue.schedules import fire_due_schedules, late_schedules, report_late_schedules, run_now
-from taskqueue.store import schedules as schedule_store
+from taskqueue.store import firing, sql
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 
 T0 = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -46,9 +46,9 @@ def fired_slots(schedule: Schedule) -> list[datetime]:
 @pytest.fixture(autouse=True)
 def fresh_log_once() -> Iterator[None]:
     # "Logged once per process" must not carry over between tests.
-    schedule_store._reported.clear()
+    firing._reported.clear()
     yield
-    schedule_store._reported.clear()
+    firing._reported.clear()
 
 
 # --- firing ---------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_catch_up_after_downtime(catch_up: str, now: datetime, expected: list[da
 
 @pytest.mark.django_db
 def test_catch_up_all_is_capped_at_the_latest_slots(monkeypatch, caplog) -> None:
-    monkeypatch.setattr(schedule_store, "MAX_CATCH_UP", 5)
+    monkeypatch.setattr(firing, "MAX_CATCH_UP", 5)
     schedule = make(catch_up="all")
     with caplog.at_level("WARNING", "taskqueue"):
         assert fire_due_schedules(now=T0 + timedelta(hours=1, seconds=30)) == 5
@@ -117,7 +117,7 @@ def test_a_worker_that_lost_the_race_inserts_nothing_and_logs_nothing(caplog) ->
     stale = Schedule.objects.get(pk=schedule.pk)  # what a second worker read
     assert fire_due_schedules(now=T0 + SECOND) == 1
     with caplog.at_level("DEBUG"):
-        assert schedule_store._fire(stale, T0 + SECOND, connection.alias) == 0
+        assert firing._fire(stale, T0 + SECOND, connection.alias) == 0
     assert caplog.records == []
     assert fired_slots(schedule) == [T0]
 
@@ -225,12 +225,12 @@ def test_pausing_ends_an_episode_and_paused_schedules_are_never_late() -> None:
     schedule = make(grace=1)
     later = sql.db_now(connection.alias) + timedelta(hours=1)
     assert len(report_late_schedules(later)) == 1
-    assert schedule_store.pause_schedules([schedule.pk]) == 1
+    assert firing.pause_schedules([schedule.pk]) == 1
     assert late_schedules(later) == []
     schedule.refresh_from_db()
     assert schedule.late_since is None
     # Resumed, it is judged from the resume on, and its next run is the next slot.
-    assert schedule_store.resume_schedules([schedule.pk]) == 1
+    assert firing.resume_schedules([schedule.pk]) == 1
     schedule.refresh_from_db()
     now = sql.db_now(connection.alias)
     assert now < schedule.next_run_at <= now + MINUTE

@@ -14,8 +14,8 @@ from django.test import override_settings
 from django.urls import reverse
 
 import taskqueue
+from taskqueue.core.registry import registry
 from taskqueue.models import Schedule
-from taskqueue.registry import registry
 from taskqueue.schedules import heartbeats
 from taskqueue.schedules.declarations import declarations, settings_declarations
 

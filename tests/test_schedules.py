@@ -17,8 +17,8 @@ from django.test import override_settings
 
 import taskqueue
 from taskqueue.checks import check_settings
+from taskqueue.core.registry import registry
 from taskqueue.models import CatchUp, Schedule, ScheduleSource
-from taskqueue.registry import registry
 from taskqueue.schedules import CronError, CronSlots, sync_schedules, validate_cron
 from taskqueue.schedules.declarations import declarations, declare_builtin, settings_declarations
 from taskqueue.schedules.definitions import CATCH_UP_CHOICES

@@ -16,7 +16,8 @@ from django.db import connection, connections
 from django.db.models.functions import Now
 
 import taskqueue
-from taskqueue import sql, store
+from taskqueue import store
+from taskqueue.core.registry import registry
 from taskqueue.models import (
     AttemptOutcome,
     DeadLetter,
@@ -28,9 +29,8 @@ from taskqueue.models import (
 )
 from taskqueue.monitoring import health, queries, stats
 from taskqueue.monitoring.unserved import TYPE_NOT_REGISTERED
-from taskqueue.registry import registry
-from taskqueue.store import rescue
-from taskqueue.worker.sessions import application_name
+from taskqueue.store import rescue, sql
+from taskqueue.worker.pools.sessions import application_name
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import past
 

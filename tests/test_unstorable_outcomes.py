@@ -21,12 +21,19 @@ from django.db import connection
 
 import taskqueue
 from taskqueue import store
+from taskqueue.core.limits import MAX_DELAY, MAX_DELAY_SECONDS
+from taskqueue.core.retry import (
+    Exponential,
+    Fixed,
+    Linear,
+    RetryStrategy,
+    bounded_delay,
+    next_delay,
+)
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.limits import MAX_DELAY, MAX_DELAY_SECONDS
 from taskqueue.models import DeadLetter, Task, TaskAttempt, TaskStatus, Worker, WorkerStatus
-from taskqueue.retry import Exponential, Fixed, Linear, RetryStrategy, bounded_delay, next_delay
-from taskqueue.sql import ClaimedTask, db_now
 from taskqueue.store.salvage import UNRECORDABLE_ERROR
+from taskqueue.store.sql import ClaimedTask, db_now
 from taskqueue.worker.executor import (
     DEAD,
     MAX_ERROR_CHARS,

@@ -9,7 +9,7 @@ from django.db.models.functions import Now
 
 import taskqueue
 from taskqueue.models import AttemptOutcome, DeadLetter, Task, TaskAttempt, TaskStatus
-from taskqueue.sql import db_now
+from taskqueue.store.sql import db_now
 from tests.testapp.models import Counter
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,19 +20,18 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from taskqueue import sql
 from taskqueue.admin import display
 from taskqueue.admin.actions import batches, report
 from taskqueue.admin.base import QueueModelAdmin
 from taskqueue.conf import settings as tq_settings
+from taskqueue.core.priorities import resolve_priority
+from taskqueue.core.registry import registry, validate_queue_name
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import Schedule, ScheduleSource
-from taskqueue.priorities import resolve_priority
-from taskqueue.registry import registry, validate_queue_name
 from taskqueue.schedules import definitions as decl
 from taskqueue.schedules.cron import CronError, CronSlots, validate_cron
 from taskqueue.schedules.lateness import success_due_at
-from taskqueue.store import schedules as schedule_store
+from taskqueue.store import firing, sql
 
 DEFINITION_FIELDS = (
     "name",
@@ -176,7 +175,7 @@ class ScheduleForm(forms.ModelForm):
 @admin.action(description=_("Pause selected schedules"), permissions=["change"])
 def pause_schedules(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet) -> None:
     ids = list(queryset.values_list("pk", flat=True))
-    paused = sum(schedule_store.pause_schedules(batch) for batch in batches(ids))
+    paused = sum(firing.pause_schedules(batch) for batch in batches(ids))
     parts = [
         ngettext("Paused %(count)d schedule.", "Paused %(count)d schedules.", paused)
         % {"count": paused}
@@ -196,7 +195,7 @@ def resume_schedules(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet
 ) -> None:
     ids = list(queryset.values_list("pk", flat=True))
-    resumed = sum(schedule_store.resume_schedules(batch) for batch in batches(ids))
+    resumed = sum(firing.resume_schedules(batch) for batch in batches(ids))
     parts = [
         ngettext(
             "Resumed %(count)d schedule from its next slot.",
@@ -222,7 +221,7 @@ def run_schedules_now(
     failures: list[str] = []
     for schedule in queryset.order_by("name"):
         try:
-            schedule_store.run_now(schedule, created_by=request.user)
+            firing.run_now(schedule, created_by=request.user)
         except (UnknownTaskType, InvalidPayload, InvalidTaskOption) as exc:
             failures.append(f"{schedule.name}: {exc}")
             continue

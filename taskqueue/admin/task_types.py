@@ -19,8 +19,8 @@ from django.utils.translation import ngettext
 from taskqueue.admin import display
 from taskqueue.admin.actions import report
 from taskqueue.admin.base import QueueModelAdmin
+from taskqueue.core.priorities import priority_label
 from taskqueue.models import TaskType
-from taskqueue.priorities import priority_label
 from taskqueue.store import flow
 
 

@@ -14,8 +14,8 @@ from taskqueue import store
 from taskqueue.admin import actions, display
 from taskqueue.admin.base import StoreDeletesModelAdmin
 from taskqueue.admin.workflows import WorkflowFilter, upstream_tasks, workflow_link
+from taskqueue.core.priorities import PRIORITIES
 from taskqueue.models import Task, TaskAttempt, TaskStatus
-from taskqueue.priorities import PRIORITIES
 
 
 class PriorityFilter(admin.SimpleListFilter):

@@ -17,7 +17,7 @@ from taskqueue.checks.messages import QUEUE_NOT_SERVED, SETTINGS_OBJECT, shown
 from taskqueue.checks.schedules import declared_with_problems
 from taskqueue.checks.sections import is_queue_name
 from taskqueue.conf import DEFAULTS, user_settings
-from taskqueue.registry import registry
+from taskqueue.core.registry import registry
 
 # Handler names listed per queue before "and N more".
 LISTED_HANDLERS = 10

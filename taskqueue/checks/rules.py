@@ -26,7 +26,7 @@ from taskqueue.checks.messages import (
     guarded,
     shown,
 )
-from taskqueue.limits import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS, MAX_DELAY_TEXT
+from taskqueue.core.limits import MAX_ATTEMPTS_LIMIT, MAX_DELAY_SECONDS, MAX_DELAY_TEXT
 
 # What the database keeps exactly in an integer column, and what every number converts to
 # a float without overflowing.

@@ -35,9 +35,9 @@ from taskqueue.checks.rules import (
     sorted_keys,
 )
 from taskqueue.conf import DEFAULTS
-from taskqueue.limits import MAX_DELAY_SECONDS, MAX_DELAY_TEXT
+from taskqueue.core.limits import MAX_DELAY_SECONDS, MAX_DELAY_TEXT
+from taskqueue.core.registry import QUEUE_PATTERN
 from taskqueue.monitoring.alerts import EVENT_SIGNALS
-from taskqueue.registry import QUEUE_PATTERN
 from taskqueue.schedules.cron import FIELDS_HINT, CronError, validate_cron
 
 QUEUE_HINT = "Queue names are 1 to 100 letters, digits, '_', '.' or '-'."

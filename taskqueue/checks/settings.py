@@ -44,7 +44,7 @@ from taskqueue.checks.rules import (
 from taskqueue.checks.schedules import check_schedules
 from taskqueue.checks.sections import QUEUE_HINT, is_queue_name, section_rule
 from taskqueue.conf import DEFAULTS, MERGED_DICTS
-from taskqueue.outbound import allow_list_problems
+from taskqueue.core.outbound import allow_list_problems
 
 MIN_TOKEN_LENGTH = 16
 GENERATE_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe())'"

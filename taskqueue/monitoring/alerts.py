@@ -37,9 +37,10 @@ from django.db.utils import DatabaseError
 from django.dispatch import Signal
 from django.urls import NoReverseMatch, reverse
 
-from taskqueue import signals, sql
+from taskqueue import signals
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import TaskEvent
+from taskqueue.store import sql
 
 logger = logging.getLogger("taskqueue.alerts")
 
@@ -191,7 +192,7 @@ def throttle_seconds() -> float:
 
 
 def _critical(task_type: str) -> bool | None:
-    from taskqueue.registry import registry
+    from taskqueue.core.registry import registry
 
     if task_type in registry:
         return registry.get(task_type).critical

@@ -15,8 +15,8 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from taskqueue.models import MetricsMinute
-from taskqueue.sql import db_now
 from taskqueue.store.common import database_alias
+from taskqueue.store.sql import db_now
 
 # Upper bounds (seconds) of the run-time and wait-time histogram buckets; a histogram is a
 # list of len(TIME_BUCKETS) + 1 counts, the last one for everything above the last bound.

@@ -28,7 +28,6 @@ from typing import Any
 from django.db import connections
 from django.db.models import Count
 
-from taskqueue import sql
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import (
     READY_STATES,
@@ -41,6 +40,7 @@ from taskqueue.models import (
     Worker,
     WorkerStatus,
 )
+from taskqueue.store import sql
 
 # Over this planner estimate a status is estimated, not counted (PostgreSQL).
 STATUS_EXACT_LIMIT = 10_000

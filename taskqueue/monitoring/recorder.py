@@ -26,10 +26,10 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.db.utils import InterfaceError, OperationalError
 
-from taskqueue import sql
 from taskqueue.models import AttemptOutcome, MetricsMinute, MetricsTotal, TaskStatus
 from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
-from taskqueue.sql import ClaimedTask
+from taskqueue.store import sql
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import CANCELLED, COMMITTED, DEAD, RETRY, SUCCEEDED, Outcome
 
 logger = logging.getLogger("taskqueue.monitoring.recorder")

@@ -17,9 +17,9 @@ from typing import Any
 
 from django.db import connections
 
-from taskqueue import sql
 from taskqueue.models import READY_STATES, Task
 from taskqueue.monitoring.queries import GROUP_EXACT_LIMIT, QueueSnapshot
+from taskqueue.store import sql
 
 QUEUE_NOT_SERVED = "queue_not_served"
 TYPE_NOT_REGISTERED = "type_not_registered"

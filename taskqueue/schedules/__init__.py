@@ -5,7 +5,7 @@
 - ``declarations``: ``@taskqueue.periodic``, built-in schedules, ``TASKQUEUE["SCHEDULES"]``.
 - ``sync``: copies declarations into the table at worker start.
 - ``lateness``: the dead-man's switch (``late_schedules()``), ``heartbeats``: its pings.
-- ``taskqueue.store.schedules`` fires due slots and records successes.
+- ``taskqueue.store.firing`` fires due slots and records successes.
 
 Importing this package is safe before the app registry is ready; the names that need the
 database load their modules on first use.
@@ -23,7 +23,7 @@ from taskqueue.schedules.definitions import ScheduleDeclaration, ScheduleDefinit
 if TYPE_CHECKING:
     from taskqueue.schedules.lateness import LateSchedule, late_schedules, report_late_schedules
     from taskqueue.schedules.sync import SyncResult, sync_schedules
-    from taskqueue.store.schedules import fire_due_schedules, run_now
+    from taskqueue.store.firing import fire_due_schedules, run_now
 
 _LAZY: dict[str, str] = {
     "LateSchedule": "taskqueue.schedules.lateness",
@@ -31,8 +31,8 @@ _LAZY: dict[str, str] = {
     "report_late_schedules": "taskqueue.schedules.lateness",
     "SyncResult": "taskqueue.schedules.sync",
     "sync_schedules": "taskqueue.schedules.sync",
-    "fire_due_schedules": "taskqueue.store.schedules",
-    "run_now": "taskqueue.store.schedules",
+    "fire_due_schedules": "taskqueue.store.firing",
+    "run_now": "taskqueue.store.firing",
 }
 
 

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from croniter.croniter import CroniterError
 
-from taskqueue.payloads import short_repr
+from taskqueue.core.payloads import short_repr
 
 # Shorthands croniter understands and that mean the same as in cron(8). "@reboot" has no
 # meaning for a queue, so it is not here.

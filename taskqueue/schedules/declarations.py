@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from taskqueue.registry import registry
+from taskqueue.core.registry import registry
 from taskqueue.schedules.definitions import (
     PENDING_ATTRIBUTE,
     SETTINGS_KEYS,

@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.validators import URLValidator
 
-from taskqueue import outbound
 from taskqueue.conf import settings as tq_settings
+from taskqueue.core import outbound
+from taskqueue.core.limits import MAX_DELAY_SECONDS
+from taskqueue.core.payloads import check_json, short_repr
+from taskqueue.core.priorities import resolve_priority
+from taskqueue.core.registry import registry, validate_queue_name
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption
-from taskqueue.limits import MAX_DELAY_SECONDS
-from taskqueue.payloads import check_json, short_repr
-from taskqueue.priorities import resolve_priority
-from taskqueue.registry import registry, validate_queue_name
 from taskqueue.schedules.cron import CronError, get_zone, validate_cron
 
 # The values of ``taskqueue.models.CatchUp`` (not imported: models need the app registry).
@@ -166,7 +166,7 @@ def validate_heartbeat_url(url: Any, *, entered_in_admin: bool = False) -> str:
     URLs declared in code or settings are written by the project's developers: any host may
     be named there (their addresses are still judged when pinged). A URL typed into the
     admin is untrusted: its host must be in ``TASKQUEUE['HEARTBEAT_HOSTS']`` and resolve to
-    addresses ``taskqueue.outbound`` allows.
+    addresses ``taskqueue.core.outbound`` allows.
     """
     if url in ("", None):
         return ""

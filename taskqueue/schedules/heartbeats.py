@@ -5,7 +5,7 @@ successful run and alert when none arrives, which also catches the whole system 
 Pings go out from one background thread with a short timeout: a slow or dead monitor never
 holds up a worker, and a failed ping is logged, never retried or raised.
 
-Each ping goes through ``taskqueue.outbound`` again when it is sent, whatever checked the
+Each ping goes through ``taskqueue.core.outbound`` again when it is sent, whatever checked the
 URL when it was stored (rows may predate the rule or come from elsewhere): its host must be
 in ``TASKQUEUE['HEARTBEAT_HOSTS']`` or be the host of a heartbeat URL declared in code or in
 ``TASKQUEUE['SCHEDULES']`` (developers wrote those), its addresses must pass the private
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
-from taskqueue import outbound
 from taskqueue.conf import settings as tq_settings
+from taskqueue.core import outbound
 from taskqueue.schedules.declarations import declared_schedules
 from taskqueue.schedules.definitions import HEARTBEAT_HOSTS_SETTING
 

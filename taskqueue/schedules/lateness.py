@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from taskqueue import signals, sql
+from taskqueue import signals
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import Severity, emit
 from taskqueue.models import Schedule
 from taskqueue.schedules.cron import CronError, CronSlots
+from taskqueue.store import sql
 
 logger = logging.getLogger("taskqueue.schedules")
 

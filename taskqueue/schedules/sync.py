@@ -17,12 +17,12 @@ from datetime import datetime
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
-from taskqueue import sql
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import Schedule, ScheduleSource
 from taskqueue.schedules.cron import CronSlots
 from taskqueue.schedules.declarations import declared_schedules
 from taskqueue.schedules.definitions import ScheduleDeclaration
+from taskqueue.store import sql
 
 logger = logging.getLogger("taskqueue.schedules")
 

@@ -7,7 +7,6 @@ Every write about a claimed task is fenced by its lease: when no row matches, so
 owns the task now, and the write is dropped and logged.
 """
 
-from taskqueue.sql import ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
 from taskqueue.store.flow import pause_task_types, reset_circuits, resume_task_types
@@ -32,6 +31,7 @@ from taskqueue.store.running import (
     retry_later,
     save_progress,
 )
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.store.triage import (
     RequeueResult,
     cancel,

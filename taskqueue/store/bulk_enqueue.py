@@ -22,10 +22,10 @@ from django.db import IntegrityError, connections, transaction
 from django.db.models import NOT_PROVIDED, Field
 from django.db.models.functions import Now
 
-from taskqueue import signals, sql
+from taskqueue import signals
 from taskqueue.events import emit
 from taskqueue.models import UNFINISHED_STATES, Task, TaskStatus
-from taskqueue.store import workflows
+from taskqueue.store import dependencies, sql
 
 # Rows per transaction: on SQLite about 50 ms of write lock (a worker's heartbeat or
 # claim waits at most that long); large enough that commits cost little on PostgreSQL.
@@ -141,7 +141,9 @@ def _store_batch(
     created: list[Task] = []
     with transaction.atomic(using=using):
         if linked:
-            workflows.hold_for_upstreams(using, [t for t, _ in linked], [ids for _, ids in linked])
+            dependencies.hold_for_upstreams(
+                using, [t for t, _ in linked], [ids for _, ids in linked]
+            )
             for task, _ in linked:
                 if isinstance(task.completed_at, Now):
                     task.completed_at = now
@@ -158,7 +160,7 @@ def _store_batch(
             stored.append(task)
         if linked:
             new = {id(task) for task in created}
-            workflows.link_upstreams(using, [(t, ids) for t, ids in linked if id(t) in new])
+            dependencies.link_upstreams(using, [(t, ids) for t, ids in linked if id(t) in new])
         transaction.on_commit(lambda: emit_enqueued(*created), using=using)
     for task in plain:
         task._state.adding = False

@@ -16,16 +16,20 @@ from typing import Any
 
 from django.db import transaction
 
-from taskqueue import sql
 from taskqueue.conf import settings as tq_settings
+from taskqueue.core.limits import (
+    check_delay_seconds,
+    check_max_attempts,
+    check_run_at,
+    check_timeout,
+)
+from taskqueue.core.payloads import check_payload, short_repr, storable_text
+from taskqueue.core.priorities import resolve_priority
+from taskqueue.core.registry import HandlerSpec, registry, validate_queue_name
+from taskqueue.core.retry import DEFAULT_STRATEGY
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
-from taskqueue.limits import check_delay_seconds, check_max_attempts, check_run_at, check_timeout
 from taskqueue.models import Task, TaskStatus
-from taskqueue.payloads import check_payload, short_repr, storable_text
-from taskqueue.priorities import resolve_priority
-from taskqueue.registry import HandlerSpec, registry, validate_queue_name
-from taskqueue.retry import DEFAULT_STRATEGY
-from taskqueue.store import workflows
+from taskqueue.store import dependencies, sql
 from taskqueue.store.bulk_enqueue import (
     TaskRequest,
     emit_enqueued,
@@ -256,12 +260,12 @@ def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options:
     waits until those tasks have completed.
     """
     using = database_alias()
-    upstream = workflows.upstream_ids(options.pop("depends_on", None))
+    upstream = dependencies.upstream_ids(options.pop("depends_on", None))
     task = build_task(task_type, payload, **options)
     _apply_delays([task], using)
     with transaction.atomic(using=using) if upstream else nullcontext():
         if upstream:
-            workflows.hold_for_upstreams(using, [task], [upstream])
+            dependencies.hold_for_upstreams(using, [task], [upstream])
         if task.idempotency_key is None:
             task.save(force_insert=True, using=using)
         else:
@@ -269,7 +273,7 @@ def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options:
             if existing is not None:
                 return existing
         if upstream:
-            workflows.link_upstreams(using, [(task, upstream)])
+            dependencies.link_upstreams(using, [(task, upstream)])
     transaction.on_commit(lambda: emit_enqueued(task), using=using)
     return task
 
@@ -314,7 +318,7 @@ def enqueue_many(
                 f"item {index} must be (task_type, payload) or a dict, got {short_repr(item)}"
             )
         try:
-            upstream = workflows.upstream_ids(options.pop("depends_on", None))
+            upstream = dependencies.upstream_ids(options.pop("depends_on", None))
             request = _validate(task_type, payload, options, settings, retry_dicts)
         except (InvalidPayload, InvalidTaskOption, UnknownTaskType, TypeError) as exc:
             raise type(exc)(f"item {index}: {exc}") from None
@@ -333,8 +337,8 @@ def _check_upstreams_exist(using: str, requests: Sequence[TaskRequest]) -> None:
         return
     ordered = sorted(wanted)
     found: set[uuid.UUID] = set()
-    for start in range(0, len(ordered), workflows.CHUNK):
-        chunk = ordered[start : start + workflows.CHUNK]
+    for start in range(0, len(ordered), dependencies.CHUNK):
+        chunk = ordered[start : start + dependencies.CHUNK]
         found.update(Task.objects.using(using).filter(id__in=chunk).values_list("id", flat=True))
     if found == wanted:
         return

@@ -20,14 +20,15 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
-from taskqueue import signals, sql
+from taskqueue import signals
+from taskqueue.core.registry import RATE_PATTERN, CircuitBreaker, registry
+from taskqueue.core.retry import DEFAULT_STRATEGY
 from taskqueue.events import Severity, emit
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import READY_STATES, CircuitState, Task, TaskStatus, TaskType
-from taskqueue.registry import RATE_PATTERN, CircuitBreaker, registry
-from taskqueue.retry import DEFAULT_STRATEGY
-from taskqueue.sql import ClaimedTask
+from taskqueue.store import sql
 from taskqueue.store.common import database_alias
+from taskqueue.store.sql import ClaimedTask
 
 logger = logging.getLogger("taskqueue.flow")
 

@@ -34,12 +34,12 @@ from django.db.models.functions import Greatest, Now
 from django.db.utils import InterfaceError, OperationalError
 
 from taskqueue import signals
+from taskqueue.core.retry import next_delay, strategy_from_dict
 from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
-from taskqueue.retry import next_delay, strategy_from_dict
-from taskqueue.sql import CLAIMED_COLUMNS, ClaimedTask
 from taskqueue.store.common import database_alias
 from taskqueue.store.running import emit_for, fail_attempt
+from taskqueue.store.sql import CLAIMED_COLUMNS, ClaimedTask
 
 logger = logging.getLogger("taskqueue.store.rescue")
 

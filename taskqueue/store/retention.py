@@ -17,7 +17,6 @@ from typing import Any
 from django.db import models, transaction
 from django.db.models import Exists, OuterRef, Q
 
-from taskqueue import sql
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import (
     UNFINISHED_STATES,
@@ -31,6 +30,7 @@ from taskqueue.models import (
     WorkerStatus,
     Workflow,
 )
+from taskqueue.store import sql
 
 # The kinds of rows pruned, in the order a run prunes them: the small, cheap kinds first so a
 # large backlog of completed tasks cannot starve them of the time budget; workflows last,

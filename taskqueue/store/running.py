@@ -14,7 +14,8 @@ from django.db import transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.db.models.functions import Now
 
-from taskqueue import signals, sql
+from taskqueue import signals
+from taskqueue.core.retry import bounded_delay
 from taskqueue.events import emit
 from taskqueue.models import (
     AttemptOutcome,
@@ -23,10 +24,9 @@ from taskqueue.models import (
     TaskAttempt,
     TaskStatus,
 )
-from taskqueue.retry import bounded_delay
-from taskqueue.sql import ClaimedTask
-from taskqueue.store import flow, schedules, workflows
+from taskqueue.store import dependencies, firing, flow, sql
 from taskqueue.store.common import database_alias
+from taskqueue.store.sql import ClaimedTask
 
 logger = logging.getLogger("taskqueue.store")
 
@@ -90,9 +90,9 @@ def _after_completion(using: str, rows: list[sql.CompletedRow]) -> None:
     if upstream or schedule_ids:
         with transaction.atomic(using=using):
             if upstream:
-                workflows.release_dependents(using, upstream)
+                dependencies.release_dependents(using, upstream)
             if schedule_ids:
-                schedules.record_successes(using, schedule_ids)
+                firing.record_successes(using, schedule_ids)
     flow.record_successes(using, sorted({row.task_type for row in rows}))
 
 
@@ -222,7 +222,7 @@ def dead_letter(
             attempts_history=history,
         )
         # Its waiting dependents can never run now: cancel them, naming this task.
-        workflows.cascade_failure(using, task.id, task.task_type, error)
+        dependencies.cascade_failure(using, task.id, task.task_type, error)
         return letter
 
 
@@ -302,8 +302,8 @@ def cancel_claimed(task: ClaimedTask, *, reason: str) -> bool:
             updated_at=Now(),
         )
         if has_dependents:
-            dependents_reason = workflows.cancelled_reason(task.id, task.task_type, reason)
-            workflows.cancel_dependents(using, [task.id], dependents_reason)
+            dependents_reason = dependencies.cancelled_reason(task.id, task.task_type, reason)
+            dependencies.cancel_dependents(using, [task.id], dependents_reason)
     return True
 
 

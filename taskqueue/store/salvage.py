@@ -14,9 +14,9 @@ from django.db import DatabaseError, transaction
 from django.db.models.functions import Now
 
 from taskqueue.models import DeadLetter, Task, TaskAttempt, TaskStatus
-from taskqueue.sql import ClaimedTask
-from taskqueue.store import workflows
+from taskqueue.store import dependencies
 from taskqueue.store.common import database_alias
+from taskqueue.store.sql import ClaimedTask
 
 logger = logging.getLogger("taskqueue.store")
 
@@ -51,7 +51,7 @@ def fail_unrecordable(task: ClaimedTask) -> bool:
             return False
         _file_fixed_dead_letter(task, using)
         # Its waiting dependents could never run: cancel them, as a dead letter would.
-        workflows.cascade_failure(using, task.id, task.task_type, UNRECORDABLE_ERROR)
+        dependencies.cascade_failure(using, task.id, task.task_type, UNRECORDABLE_ERROR)
     return True
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 
-from taskqueue import signals, sql
+from taskqueue import signals
 from taskqueue.events import emit
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import (
@@ -22,7 +22,7 @@ from taskqueue.models import (
     Task,
     TaskStatus,
 )
-from taskqueue.store import workflows
+from taskqueue.store import dependencies, sql
 from taskqueue.store.common import database_alias, user_or_none
 
 logger = logging.getLogger("taskqueue.store")
@@ -69,7 +69,7 @@ def cancel(task_or_id: Task | uuid.UUID | str, *, reason: str = "cancelled") -> 
             )
         )
         if cancelled:
-            workflows.cascade_cancellation(using, task_id, reason)
+            dependencies.cascade_cancellation(using, task_id, reason)
             _announce_cancelled(using, task_id, reason)
             return True
         # Only a running task gets the flag: a completion (which matches running) is never

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskqueue import store
-from taskqueue.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import cancelled_outcome
 from taskqueue.worker.outcomes import Finished
-from taskqueue.worker.pools import HandlerPool
+from taskqueue.worker.pools.base import HandlerPool
 
 logger = logging.getLogger("taskqueue.worker.cancelling")
 

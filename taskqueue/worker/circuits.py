@@ -2,7 +2,7 @@
 
 The claim skips a type whose circuit is open, but a worker may already hold claimed tasks
 of it that no slot has started (prefetched, or held back by its pool after a failure, see
-``taskqueue.worker.backlog``). Running them would spend attempts on a type known to be
+``taskqueue.worker.pools.backlog``). Running them would spend attempts on a type known to be
 failing, so the claim loop asks ``CircuitWatch.check`` each turn which of them to send back:
 
 - right after failures of a held-back type are recorded (the circuit may just have opened);
@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Collection
 
 from taskqueue.models import CircuitState, TaskType
-from taskqueue.sql import ClaimedTask
-from taskqueue.worker.backlog import has_breaker
-from taskqueue.worker.pools import HandlerPool
+from taskqueue.store.sql import ClaimedTask
+from taskqueue.worker.pools.backlog import has_breaker
+from taskqueue.worker.pools.base import HandlerPool
 
 logger = logging.getLogger("taskqueue.worker.circuits")
 

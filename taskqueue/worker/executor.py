@@ -20,6 +20,10 @@ from typing import Any
 from django.db import transaction
 
 from taskqueue.context import TaskContext
+from taskqueue.core.limits import check_delay_seconds
+from taskqueue.core.payloads import check_json, storable_text
+from taskqueue.core.registry import HandlerSpec, registry
+from taskqueue.core.retry import NoRetry, bounded_delay, next_delay, strategy_from_dict
 from taskqueue.exceptions import (
     ClaimLost,
     HandlerTimeout,
@@ -30,12 +34,8 @@ from taskqueue.exceptions import (
     Retry,
     UnknownTaskType,
 )
-from taskqueue.limits import check_delay_seconds
 from taskqueue.models import AttemptOutcome
-from taskqueue.payloads import check_json, storable_text
-from taskqueue.registry import HandlerSpec, registry
-from taskqueue.retry import NoRetry, bounded_delay, next_delay, strategy_from_dict
-from taskqueue.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask
 
 SUCCEEDED = "succeeded"
 COMMITTED = "committed"  # succeeded, and recorded in the handler's own transaction (atomic)

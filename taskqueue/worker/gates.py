@@ -10,9 +10,9 @@ import math
 import threading
 import time
 
-from taskqueue.registry import registry
-from taskqueue.sql import ClaimedTask
+from taskqueue.core.registry import registry
 from taskqueue.store import flow
+from taskqueue.store.sql import ClaimedTask
 
 # How long the list of gated types is trusted. Every gated claim re-reads the type's
 # controls under its lock, so a stale list only delays a newly gated type's first claim

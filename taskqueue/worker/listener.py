@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.db import connections
 
-from taskqueue.sql import NOTIFY_CHANNEL
+from taskqueue.store.sql import NOTIFY_CHANNEL
 
 logger = logging.getLogger("taskqueue.worker.listener")
 

@@ -27,19 +27,20 @@ from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.monitoring import stream as event_stream
 from taskqueue.monitoring.recorder import Recorder
-from taskqueue.schedules.worker import schedule_duties, sync_at_start
-from taskqueue.sql import ClaimedTask, vendor
+from taskqueue.store.sql import ClaimedTask, vendor
 from taskqueue.worker import outcomes, presence, shutdown
-from taskqueue.worker.backlog import counts_against_breaker
 from taskqueue.worker.cancelling import CancelWatch
 from taskqueue.worker.circuits import CircuitWatch
-from taskqueue.worker.duties import Duty, DutyThread
+from taskqueue.worker.duties.runner import Duty, DutyThread
+from taskqueue.worker.duties.schedules import schedule_duties, sync_at_start
 from taskqueue.worker.gates import Gates
 from taskqueue.worker.listener import ListenerThread
 from taskqueue.worker.memory import over_ceiling, resident_mib
 from taskqueue.worker.outcomes import Finished
-from taskqueue.worker.pools import HandlerPool, ThreadPool
-from taskqueue.worker.processes import ProcessPool
+from taskqueue.worker.pools.backlog import counts_against_breaker
+from taskqueue.worker.pools.base import HandlerPool
+from taskqueue.worker.pools.processes import ProcessPool
+from taskqueue.worker.pools.threads import ThreadPool
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -73,7 +74,7 @@ class WorkerConfig:
     cancel_grace: float = 10.0
 
 
-class Worker:
+class WorkerLoop:
     """One ``run_worker`` process."""
 
     def __init__(self, config: WorkerConfig) -> None:
@@ -158,7 +159,9 @@ class Worker:
                     lambda: presence.heartbeat(worker_id, self.processed),
                 ),
                 Duty("rescue", self.config.rescue_interval, self._rescue),
-                Duty("workflows", self.config.rescue_interval, store.workflows.sweep_waiting_tasks),
+                Duty(
+                    "workflows", self.config.rescue_interval, store.dependencies.sweep_waiting_tasks
+                ),
                 Duty("metrics", tq_settings.METRICS["FLUSH_INTERVAL"], self.recorder.flush),
                 Duty("events", event_stream.FLUSH_INTERVAL, event_stream.flush),
                 *schedule_duties(self.wake),

@@ -11,9 +11,9 @@ from taskqueue import signals, store
 from taskqueue.context import TaskContext
 from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome, TaskStatus
-from taskqueue.sql import ClaimedTask
 from taskqueue.store.running import complete_claimed
 from taskqueue.store.salvage import UNRECORDABLE_ERROR, UNRECORDABLE_TYPE, fail_unrecordable
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import (
     CANCELLED,
     COMMITTED,

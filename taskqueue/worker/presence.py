@@ -16,9 +16,9 @@ from typing import Any
 from django.db.models.functions import Now
 
 from taskqueue.conf import settings as tq_settings
+from taskqueue.core.registry import HandlerSpec, registry
+from taskqueue.core.retry import DEFAULT_STRATEGY
 from taskqueue.models import CircuitState, TaskType, Worker, WorkerStatus
-from taskqueue.registry import HandlerSpec, registry
-from taskqueue.retry import DEFAULT_STRATEGY
 
 logger = logging.getLogger("taskqueue.worker.presence")
 

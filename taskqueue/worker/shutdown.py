@@ -24,7 +24,7 @@ from taskqueue.monitoring.recorder import flush_at_stop
 from taskqueue.worker import presence
 
 if TYPE_CHECKING:
-    from taskqueue.worker.loop import Worker
+    from taskqueue.worker.loop import WorkerLoop
 
 logger = logging.getLogger("taskqueue.worker")
 
@@ -33,7 +33,7 @@ DRAIN_TICK = 0.05
 MAX_DB_BACKOFF = 5.0  # the claim loop's cap too (taskqueue.worker.loop)
 
 
-def drain(worker: Worker) -> bool:
+def drain(worker: WorkerLoop) -> bool:
     """Let running tasks finish up to the shutdown timeout, then release what is left.
 
     Whatever fails on the way, what is still held is released and the pool closed.
@@ -60,7 +60,7 @@ def drain(worker: Worker) -> bool:
     return drained
 
 
-def _finish_running(worker: Worker) -> None:
+def _finish_running(worker: WorkerLoop) -> None:
     not_started = worker.pool.take_not_started()
     if not_started:
         with_retries(worker.using, store.release_tasks, not_started)
@@ -88,7 +88,7 @@ def with_retries(using: str, func: Callable[..., Any], *args: Any) -> Any:
     return func(*args)
 
 
-def say_goodbye(worker: Worker, exit_code: int) -> None:
+def say_goodbye(worker: WorkerLoop, exit_code: int) -> None:
     """Write the last metrics and events and mark the worker stopped; never raises."""
     worker_id = worker.config.worker_id
     for what, step in (
@@ -110,7 +110,7 @@ def say_goodbye(worker: Worker, exit_code: int) -> None:
         os._exit(exit_code)
 
 
-def _announce_stop(worker: Worker) -> None:
+def _announce_stop(worker: WorkerLoop) -> None:
     emit(
         signals.worker_stopped,
         name="worker_stopped",

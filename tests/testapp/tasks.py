@@ -530,7 +530,7 @@ def unstorable_error(kind: str) -> None:
 def _unbounded_delay(kind: str) -> object:
     from datetime import timedelta
 
-    from taskqueue.limits import MAX_DELAY
+    from taskqueue.core.limits import MAX_DELAY
 
     delays = {
         "inf": float("inf"),

@@ -12,8 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from taskqueue.checks.messages import QUEUE_NOT_SERVED
 from taskqueue.checks.queues import unserved_queues_line
 from taskqueue.conf import settings as tq_settings
-from taskqueue.registry import QUEUE_PATTERN, registry
-from taskqueue.worker.loop import POOLS, Worker, WorkerConfig
+from taskqueue.core.registry import QUEUE_PATTERN, registry
+from taskqueue.worker.loop import POOLS, WorkerConfig, WorkerLoop
 from taskqueue.worker.presence import default_worker_id
 
 
@@ -143,7 +143,7 @@ class Command(BaseCommand):
                 "No task handlers are registered: add @taskqueue.handler functions to a "
                 "tasks.py module of an installed app."
             )
-        exit_code = Worker(config).run()
+        exit_code = WorkerLoop(config).run()
         sys.stdout.flush()
         if exit_code:
             raise SystemExit(exit_code)

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskqueue.registry import registry
+from taskqueue.core.registry import registry
 from taskqueue.store import flow
 
 

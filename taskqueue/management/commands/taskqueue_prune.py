@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from taskqueue.retention import KIND_LABELS, prune
+from taskqueue.builtins.prune import KIND_LABELS, prune
 
 
 def _positive_int(value: str) -> int:

@@ -18,11 +18,12 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.models.functions import Now
 
-from taskqueue import signals, sql
+from taskqueue import signals
+from taskqueue.core.payloads import short_repr
 from taskqueue.events import emit
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import Task, TaskDependency, TaskStatus, Workflow
-from taskqueue.payloads import short_repr
+from taskqueue.store import sql
 from taskqueue.store.common import database_alias, user_or_none
 
 logger = logging.getLogger("taskqueue.store")

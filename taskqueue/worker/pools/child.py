@@ -35,11 +35,11 @@ def child_main(
     from django.db import connections
 
     from taskqueue.monitoring import stream
-    from taskqueue.worker import wire
     from taskqueue.worker.executor import AsyncRunner
     from taskqueue.worker.memory import over_ceiling, resident_mib
-    from taskqueue.worker.pools import run_task
-    from taskqueue.worker.sessions import application_name
+    from taskqueue.worker.pools import wire
+    from taskqueue.worker.pools.base import run_task
+    from taskqueue.worker.pools.sessions import application_name
 
     for alias in connections:
         if connections[alias].vendor == "postgresql":
@@ -79,7 +79,8 @@ def _encoded_outcome(message: dict[str, Any]) -> bytes:
     ``WorkerCrashed`` and hide the reason.
     """
     # Imported here, like in child_main: only once Django is set up.
-    from taskqueue.worker import executor, wire
+    from taskqueue.worker import executor
+    from taskqueue.worker.pools import wire
 
     try:
         return wire.encode(message)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from taskqueue.core.payloads import short_repr
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.payloads import short_repr
 
 PRIORITIES: dict[str, int] = {"critical": 100, "high": 50, "normal": 0, "low": -50}
 MIN_PRIORITY = -100

@@ -25,16 +25,16 @@ from django.db import connections
 
 from taskqueue.models import AttemptOutcome
 from taskqueue.monitoring import stream as event_stream
-from taskqueue.sql import ClaimedTask
-from taskqueue.worker import wire
-from taskqueue.worker.backlog import Backlog
-from taskqueue.worker.child import child_main
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import cancelled_outcome, failed_attempt
 from taskqueue.worker.outcomes import Finished
-from taskqueue.worker.pools import OnFinished, StopResult
-from taskqueue.worker.sessions import application_name, terminate_sessions
+from taskqueue.worker.pools import wire
+from taskqueue.worker.pools.backlog import Backlog
+from taskqueue.worker.pools.base import OnFinished, StopResult
+from taskqueue.worker.pools.child import child_main
+from taskqueue.worker.pools.sessions import application_name, terminate_sessions
 
-logger = logging.getLogger("taskqueue.worker.processes")
+logger = logging.getLogger("taskqueue.worker.pools.processes")
 
 START_TIMEOUT = 60.0  # seconds a new child may take to import and set Django up
 COLLECT_TICK = 1.0  # the collector re-checks deadlines at least this often

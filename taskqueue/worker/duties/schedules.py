@@ -15,7 +15,7 @@ from django.db import DatabaseError, connections
 from django.db.utils import InterfaceError, OperationalError
 
 from taskqueue.conf import settings as tq_settings
-from taskqueue.worker.duties import Duty
+from taskqueue.worker.duties.runner import Duty
 
 logger = logging.getLogger("taskqueue.schedules")
 
@@ -47,7 +47,7 @@ def sync_at_start() -> None:
 def schedule_duties(wake: Callable[[], None]) -> list[Duty]:
     """The worker duties that fire due slots and report late schedules."""
     from taskqueue.schedules.lateness import report_late_schedules
-    from taskqueue.store.schedules import fire_due_schedules
+    from taskqueue.store.firing import fire_due_schedules
 
     def fire() -> None:
         if fire_due_schedules():

@@ -17,8 +17,8 @@ from typing import Any
 from django.db import connections
 from django.utils.dateparse import parse_datetime
 
+from taskqueue.core.registry import registry
 from taskqueue.models import READY_STATES, CircuitState, Task, TaskStatus, TaskType
-from taskqueue.registry import registry
 
 NOTIFY_CHANNEL = "taskqueue"
 _READY = ", ".join(f"'{state.value}'" for state in READY_STATES)

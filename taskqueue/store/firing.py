@@ -20,11 +20,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 
-from taskqueue import sql
+from taskqueue.core.registry import registry
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import CatchUp, Schedule, Task
-from taskqueue.registry import registry
 from taskqueue.schedules.cron import CronError, CronSlots
+from taskqueue.store import sql
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import _emit_enqueued, build_task
 

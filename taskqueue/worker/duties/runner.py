@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
 
-logger = logging.getLogger("taskqueue.worker.duties")
+logger = logging.getLogger("taskqueue.worker.duties.runner")
 
 
 @dataclass

@@ -17,9 +17,9 @@ import uuid
 from collections import deque
 from collections.abc import Collection
 
+from taskqueue.core.registry import registry
 from taskqueue.models import AttemptOutcome
-from taskqueue.registry import registry
-from taskqueue.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import DEAD, RETRY, Outcome
 
 # The attempts a circuit breaker counts (taskqueue.store.flow.record_failure).

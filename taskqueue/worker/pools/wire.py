@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from taskqueue.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask
 from taskqueue.worker.executor import Outcome
 
 

@@ -12,10 +12,10 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
+from taskqueue.core.limits import MAX_DELAY_SECONDS, MAX_DELAY_TEXT, check_delay_seconds
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.limits import MAX_DELAY_SECONDS, MAX_DELAY_TEXT, check_delay_seconds
 
-logger = logging.getLogger("taskqueue.retry")
+logger = logging.getLogger("taskqueue.core.retry")
 
 
 class RetryStrategy:

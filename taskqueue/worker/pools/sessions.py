@@ -12,7 +12,7 @@ import logging
 
 from django.db import DatabaseError, connections
 
-logger = logging.getLogger("taskqueue.worker.processes")
+logger = logging.getLogger("taskqueue.worker.pools.processes")
 
 # PostgreSQL keeps NAMEDATALEN - 1 bytes of an application_name and shows any character
 # outside printable ASCII as something else ("?" or an escape): a name longer than this or

@@ -19,7 +19,7 @@ from typing import Any
 from taskqueue.conf import settings as tq_settings
 from taskqueue.context import TaskContext
 
-logger = logging.getLogger("taskqueue.retention")
+logger = logging.getLogger("taskqueue.builtins.prune")
 
 PRUNE_TASK = "taskqueue.prune"
 RETENTION_SCHEDULE = "taskqueue-retention"
@@ -129,7 +129,7 @@ def prune_handler(ctx: TaskContext) -> dict[str, Any]:
 def _prune_queue() -> str:
     # Workers serve the first configured queue unless told otherwise, so the built-in task
     # goes there; "default" when QUEUES is invalid (manage.py check reports that).
-    from taskqueue.registry import QUEUE_PATTERN
+    from taskqueue.core.registry import QUEUE_PATTERN
 
     queues = tq_settings.QUEUES
     if isinstance(queues, list | tuple) and queues:

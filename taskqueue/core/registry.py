@@ -16,11 +16,11 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from taskqueue.core.limits import check_max_attempts, check_timeout
+from taskqueue.core.payloads import short_repr
+from taskqueue.core.priorities import resolve_priority
+from taskqueue.core.retry import RetryStrategy
 from taskqueue.exceptions import InvalidTaskOption, UnknownTaskType
-from taskqueue.limits import check_max_attempts, check_timeout
-from taskqueue.payloads import short_repr
-from taskqueue.priorities import resolve_priority
-from taskqueue.retry import RetryStrategy
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

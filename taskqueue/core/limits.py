@@ -12,8 +12,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from taskqueue.core.payloads import short_repr
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.payloads import short_repr
 
 # Ten years (with leap days): far beyond any real retry or deferral, far inside what every
 # database and Python's datetime can hold.

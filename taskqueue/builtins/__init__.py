@@ -1,0 +1,1 @@
+"""Handlers taskqueue registers itself (taskqueue.prune)."""

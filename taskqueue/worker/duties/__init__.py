@@ -1,0 +1,1 @@
+"""Side duties of a worker (heartbeat, rescue, schedules, ...) and the thread that runs them."""

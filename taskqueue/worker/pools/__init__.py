@@ -1,0 +1,1 @@
+"""Handler slots: the thread pool, the process pool and what they share."""
