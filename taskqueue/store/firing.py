@@ -23,6 +23,7 @@ from django.db.models.functions import Now
 from taskqueue.core.registry import registry
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import CatchUp, Schedule, Task
+from taskqueue.schedules import heartbeats
 from taskqueue.schedules.cron import CronError, CronSlots
 from taskqueue.store import sql
 from taskqueue.store.bulk_enqueue import emit_enqueued
@@ -274,8 +275,6 @@ def record_successes(using: str, schedule_ids: list[int]) -> None:
         .values_list("heartbeat_url", flat=True)
     )
     if urls:
-        from taskqueue.schedules import heartbeats
-
         transaction.on_commit(lambda: heartbeats.ping(urls), using=using)
 
 
