@@ -10,7 +10,6 @@ left behind. Whole workflows are stored by ``taskqueue.store.workflow_enqueue``.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,6 @@ from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import Task, TaskDependency, TaskStatus
 from taskqueue.store import sql
 from taskqueue.store.common import database_alias
-
-logger = logging.getLogger("taskqueue.store")
 
 # Ids per statement: well under SQLite's bound-parameter limit.
 CHUNK = 500
