@@ -7,6 +7,7 @@ on first use.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,28 +25,22 @@ from taskqueue.exceptions import (
 )
 from taskqueue.handlers import TaskHandler, handler, register
 from taskqueue.schedules.declarations import periodic
+from taskqueue.version import __version__ as __version__
+from taskqueue.workflows import chain, group, step
 
 if TYPE_CHECKING:
     from taskqueue.store import cancel, enqueue, enqueue_many
-    from taskqueue.workflows import chain, group, step
-
-__version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "enqueue": "taskqueue.store",
     "enqueue_many": "taskqueue.store",
     "cancel": "taskqueue.store",
-    "chain": "taskqueue.workflows",
-    "group": "taskqueue.workflows",
-    "step": "taskqueue.workflows",
 }
 
 
 def __getattr__(name: str) -> Callable[..., Any]:
     # The store imports models, which needs the app registry: load it on first use.
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'taskqueue' has no attribute {name!r}")
 

@@ -3,6 +3,10 @@ from django.dispatch import Signal
 from django.utils.module_loading import autodiscover_modules
 from django.utils.translation import gettext_lazy as _
 
+from taskqueue import signals
+from taskqueue.events import register_builtin
+from taskqueue.monitoring.logging import log_event, wants_event
+
 
 class TaskqueueConfig(AppConfig):
     name = "taskqueue"
@@ -12,12 +16,16 @@ class TaskqueueConfig(AppConfig):
     def ready(self) -> None:
         # Like admin.py: every installed app's tasks.py registers its handlers. No database
         # work here.
-        from taskqueue import checks  # noqa: F401 - registers the system checks
+        # Registers the system checks; they read models (alerts), not ready at import time.
+        from taskqueue import checks  # noqa: F401
+
+        # Prune imports the store, which imports models: loadable only once they are ready.
         from taskqueue.builtins.prune import register_retention
 
         # Built in, so every worker serves it whatever the project's own handlers are.
         register_retention()
         _connect_event_receivers()
+        # Alerts import models, which are not ready when this module is imported.
         from taskqueue.monitoring import alerts
 
         alerts.connect()  # mail and webhook alerts; idle unless ADMINS or a webhook is set
@@ -27,9 +35,7 @@ class TaskqueueConfig(AppConfig):
 def _connect_event_receivers() -> None:
     """The built-in receivers of every lifecycle signal: the structured log record and the
     live stream's recorder. Each returns at once when its setting turns it off."""
-    from taskqueue import signals
-    from taskqueue.events import register_builtin
-    from taskqueue.monitoring.logging import log_event, wants_event
+    # The stream imports models, which are not ready when this module is imported.
     from taskqueue.monitoring.stream import record_event, wants_severity
 
     register_builtin("taskqueue.monitoring.logging", wants_event)

@@ -48,6 +48,7 @@ class TaskContext:
         """Write the last progress now (the worker calls this when the handler returns)."""
         if self._pending_progress is None or self.lease_id is None:
             return
+        # The store imports models; this module loads with the package, before they are ready.
         from taskqueue import store
 
         fraction, message = self._pending_progress
@@ -62,6 +63,7 @@ class TaskContext:
             return self._cancel_requested
         now = time.monotonic()
         if now - self._cancel_checked_at >= CANCEL_CHECK_INTERVAL:
+            # The store imports models; this module loads with the package, before they are ready.
             from taskqueue import store
 
             self._cancel_checked_at = now
@@ -73,6 +75,7 @@ class TaskContext:
         """Results of the tasks this one waited on (``depends_on``, chain, group), in the
         order they were given; read from the database on first use."""
         if self._upstream_results is None:
+            # The store imports models; this module loads with the package, before they are ready.
             from taskqueue.store.dependencies import upstream_results
 
             self._upstream_results = upstream_results(self.task_id)

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 
 from taskqueue.core.registry import HandlerSpec, build_spec, registry
+from taskqueue.core.steps import Step
+from taskqueue.schedules.declarations import bind_handler
 
 if TYPE_CHECKING:
     from taskqueue.models import Task
-    from taskqueue.workflows import Step
 
 
 class TaskHandler:
@@ -31,6 +32,7 @@ class TaskHandler:
 
     def enqueue(self, _options: Mapping[str, Any] | None = None, /, **payload: Any) -> Task:
         """Enqueue with ``payload`` as keyword arguments; options go in a leading dict."""
+        # The store imports models; handlers are declared before the app registry is ready.
         from taskqueue.store import enqueue
 
         return enqueue(self.spec.name, payload, **dict(_options or {}))
@@ -38,12 +40,11 @@ class TaskHandler:
     def step(self, _options: Mapping[str, Any] | None = None, /, **payload: Any) -> Step:
         """A workflow step of this type for ``taskqueue.chain``/``group``; options as in
         ``enqueue``."""
-        from taskqueue.workflows import Step
-
         return Step(self.spec.name, payload, dict(_options or {}))
 
     def enqueue_many(self, payloads: Iterable[Mapping[str, Any]], **options: Any) -> list[Task]:
         """Enqueue one task of this type per payload, in one transaction."""
+        # The store imports models; handlers are declared before the app registry is ready.
         from taskqueue.store import enqueue_many
 
         return enqueue_many(((self.spec.name, payload) for payload in payloads), **options)
@@ -58,8 +59,6 @@ def register(name: str, func: Callable[..., Any], **options: Any) -> TaskHandler
         func = func.spec.func
     registered = TaskHandler(registry.add(build_spec(name, func, **options)))
     # @taskqueue.periodic placed below @handler could not name the task type until now.
-    from taskqueue.schedules.declarations import bind_handler
-
     bind_handler(registered)
     return registered
 

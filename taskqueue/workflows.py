@@ -13,7 +13,8 @@ Each step becomes one task that waits (``waiting``) until its upstream tasks hav
 its handler reads their results with ``ctx.upstream_results``. When an upstream task is
 dead-lettered or cancelled, everything downstream of it is cancelled with that reason.
 
-Importing this module touches no models, so it is safe before the app registry is ready.
+Importing this module touches no models, so it is safe before the app registry is ready
+(``taskqueue`` imports it); the store is loaded when a workflow is enqueued.
 """
 
 from __future__ import annotations
@@ -22,46 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from taskqueue.conf import settings as tq_settings
+from taskqueue.core.payloads import check_payload
+from taskqueue.core.steps import Step, step
+from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
+from taskqueue.handlers import TaskHandler
+
 if TYPE_CHECKING:
     from taskqueue.models import Task, Workflow
-
-# Options a step cannot take: the workflow decides what a step waits on, and an idempotency
-# key could hand back a task that belongs to another workflow.
-STEP_FORBIDDEN_OPTIONS = {
-    "depends_on": "a workflow step waits on the steps before it; depends_on is not accepted",
-    "idempotency_key": "idempotency_key is not supported on workflow steps",
-}
-
-
-class Step:
-    """One task to be: a task type, its payload and its enqueue options."""
-
-    __slots__ = ("options", "payload", "task_type")
-
-    def __init__(
-        self,
-        task_type: str,
-        payload: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        if not isinstance(task_type, str):
-            raise TypeError(f"a step's task type must be a string, got {task_type!r}")
-        options = dict(options or {})
-        for name, message in STEP_FORBIDDEN_OPTIONS.items():
-            if name in options:
-                raise TypeError(f"step {task_type!r}: {message}")
-        self.task_type = task_type
-        self.payload = payload
-        self.options = options
-
-    def __repr__(self) -> str:
-        return f"<Step {self.task_type!r} {self.payload!r}>"
-
-
-def step(task_type: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Step:
-    """A workflow step: the arguments of ``taskqueue.enqueue``, enqueued later as part of a
-    ``chain`` or ``group``."""
-    return Step(task_type, payload, options)
 
 
 @dataclass(frozen=True)
@@ -87,8 +56,6 @@ class _Composite:
         created_by: Any = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        from taskqueue.handlers import TaskHandler
-
         if not nodes:
             raise TypeError(f"{self.kind}() needs at least one step")
         checked: list[Step | _Composite] = []
@@ -126,10 +93,8 @@ class _Composite:
         into every task's metadata (a step's own keys win); ``created_by`` is recorded on the
         workflow and its tasks.
         """
-        from taskqueue.conf import settings as tq_settings
-        from taskqueue.core.payloads import check_payload
-        from taskqueue.exceptions import InvalidTaskOption
-        from taskqueue.store.dependencies import enqueue_workflow
+        # The store imports models; this module loads with the package, before they are ready.
+        from taskqueue.store.workflow_enqueue import enqueue_workflow
 
         name = self.name if name is None else name
         created_by = self.created_by if created_by is None else created_by
@@ -205,7 +170,7 @@ class _Plan:
         return [self._add(node, after)]
 
     def _add(self, node: Step, after: list[int]) -> int:
-        from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
+        # The store imports models; this module loads with the package, before they are ready.
         from taskqueue.store.enqueueing import build_task
 
         options = dict(node.options)
@@ -223,3 +188,6 @@ class _Plan:
         self.tasks.append(task)
         self.upstreams.append(list(after))
         return len(self.tasks) - 1
+
+
+__all__ = ["Chain", "Group", "Step", "WorkflowRun", "chain", "group", "step"]

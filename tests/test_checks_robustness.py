@@ -41,6 +41,12 @@ def test_every_setting_and_merged_key_has_a_rule() -> None:
         assert set(SECTION_RULES[name]) == set(DEFAULTS[name]), name
 
 
+def test_no_rule_without_a_setting() -> None:
+    # check_settings runs every rule; one for a name conf.DEFAULTS lacks would check a key
+    # that is also reported unknown (E001).
+    assert set(SETTING_RULES) <= set(DEFAULTS)
+
+
 def documented_rows() -> list[tuple[str, str]]:
     """(id, level) of each row of the table in docs/checks.md."""
     table = (REPO_ROOT / "docs" / "checks.md").read_text()

@@ -23,7 +23,7 @@ from taskqueue import signals, store
 from taskqueue.events import TaskEvent
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import Task, TaskDependency, TaskStatus, Workflow
-from taskqueue.store.dependencies import sweep_waiting_tasks
+from taskqueue.store.waiting_sweep import sweep_waiting_tasks
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import TaskFactory, UserFactory, claim, kill
 from tests.testapp.tasks import wf_step

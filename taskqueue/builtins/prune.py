@@ -16,8 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskqueue import store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.context import TaskContext
+from taskqueue.core.registry import QUEUE_PATTERN
+from taskqueue.handlers import register
+from taskqueue.schedules import declare_builtin
+from taskqueue.schedules.cron import CronError, validate_cron
 
 logger = logging.getLogger("taskqueue.builtins.prune")
 
@@ -72,8 +77,6 @@ def prune(
     ``time_budget`` (seconds, None: no limit) and ``should_stop`` are checked between
     batches, never inside one. ``dry_run`` deletes nothing and counts what would go.
     """
-    from taskqueue import store
-
     retention = tq_settings.RETENTION
     if batch_size is None:
         batch_size = retention["batch_size"]
@@ -129,8 +132,6 @@ def prune_handler(ctx: TaskContext) -> dict[str, Any]:
 def _prune_queue() -> str:
     # Workers serve the first configured queue unless told otherwise, so the built-in task
     # goes there; "default" when QUEUES is invalid (manage.py check reports that).
-    from taskqueue.core.registry import QUEUE_PATTERN
-
     queues = tq_settings.QUEUES
     if isinstance(queues, list | tuple) and queues:
         first = queues[0]
@@ -141,8 +142,6 @@ def _prune_queue() -> str:
 
 def _retention_cron() -> str | None:
     # Read at each schedule sync, so a changed setting takes effect at the next worker start.
-    from taskqueue.schedules.cron import CronError, validate_cron
-
     retention = tq_settings.RETENTION
     cron = retention.get("cron") if isinstance(retention, dict) else None
     if cron is None:
@@ -157,9 +156,6 @@ def _retention_cron() -> str | None:
 
 def register_retention() -> None:
     """Register ``taskqueue.prune`` and declare the schedule that runs it (from ``ready()``)."""
-    from taskqueue.handlers import register
-    from taskqueue.schedules import declare_builtin
-
     register(
         PRUNE_TASK,
         prune_handler,

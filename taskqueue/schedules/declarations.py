@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from taskqueue.core.registry import registry
+from taskqueue.core.registry import HandlerSpec, registry
 from taskqueue.schedules.definitions import (
     PENDING_ATTRIBUTE,
     SETTINGS_KEYS,
@@ -134,6 +134,16 @@ def _bind(options: dict[str, Any], task: str) -> ScheduleDeclaration:
     return declared
 
 
+def _registered_spec(target: Any) -> HandlerSpec | None:
+    """The spec of a handler already registered (a ``TaskHandler``), None for a function.
+
+    Read from the ``spec`` attribute: ``taskqueue.handlers`` imports this module (``register``
+    binds the schedules declared below ``@handler``), so this one cannot import it back.
+    """
+    spec = getattr(target, "spec", None)
+    return spec if isinstance(spec, HandlerSpec) else None
+
+
 def periodic(
     cron: str,
     *,
@@ -174,9 +184,8 @@ def periodic(
         raise ImproperlyConfigured(f"{where}: {exc}") from None
 
     def decorate(target: Any) -> Any:
-        from taskqueue.handlers import TaskHandler
-
-        func = target.spec.func if isinstance(target, TaskHandler) else target
+        spec = _registered_spec(target)
+        func = spec.func if spec is not None else target
         if not callable(func):
             raise TypeError(f"{where} decorates a handler function, not {target!r}")
         origin = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
@@ -185,8 +194,8 @@ def periodic(
             "name": name,
             "where": f"{where} on {origin}",
         }
-        if isinstance(target, TaskHandler):
-            declarations.add(_bind(options, target.spec.name))
+        if spec is not None:
+            declarations.add(_bind(options, spec.name))
             return target
         pending = getattr(func, PENDING_ATTRIBUTE, None)
         if pending is None:

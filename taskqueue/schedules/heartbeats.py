@@ -25,11 +25,11 @@ from collections.abc import Iterable
 
 from django.core.exceptions import ImproperlyConfigured
 
-import taskqueue
 from taskqueue.conf import settings as tq_settings
 from taskqueue.core import outbound
 from taskqueue.schedules.declarations import declared_schedules
 from taskqueue.schedules.definitions import HEARTBEAT_HOSTS_SETTING
+from taskqueue.version import __version__
 
 logger = logging.getLogger("taskqueue.schedules.heartbeats")
 
@@ -37,7 +37,7 @@ PING_TIMEOUT = 5.0  # seconds per request
 # Pings waiting beyond this many are dropped (a monitor that stopped answering).
 MAX_WAITING = 1000
 MAX_BODY = 1024  # bytes of a monitor's answer read before the connection is closed
-USER_AGENT = f"taskqueue/{taskqueue.__version__} (schedule heartbeat)"
+USER_AGENT = f"taskqueue/{__version__} (schedule heartbeat)"
 
 
 class Pinger:

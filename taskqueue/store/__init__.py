@@ -40,6 +40,7 @@ from taskqueue.store.triage import (
     mark_reviewed,
     requeue_dead,
 )
+from taskqueue.store.waiting_sweep import SweepResult, sweep_waiting_tasks
 
 __all__ = [
     "PRUNE_KINDS",
@@ -47,6 +48,7 @@ __all__ = [
     "Cutoffs",
     "RequeueResult",
     "RescueResult",
+    "SweepResult",
     "build_task",
     "cancel",
     "cancel_claimed",
@@ -75,4 +77,5 @@ __all__ = [
     "resume_task_types",
     "retry_later",
     "save_progress",
+    "sweep_waiting_tasks",
 ]

@@ -1,15 +1,15 @@
-"""Workflow bookkeeping: release dependents when their upstream tasks complete, cancel them
-when an upstream task dies, and store whole workflows (``chain``/``group``) at once.
+"""Task dependencies: hold a new task for its upstream tasks, release it when they complete,
+cancel it (and everything below it) when one dies.
 
 A dependent sits in ``waiting`` until every upstream task has completed. Three paths move it:
 the completion of an upstream (``release_dependents``, right after the completion), the
 death or cancellation of an upstream (``cancel_dependents``, in that transaction), and the
-sweep a worker duty runs (``sweep_waiting_tasks``), the belt for anything a race left behind.
+sweep a worker duty runs (``taskqueue.store.waiting_sweep``), the belt for anything a race
+left behind. Whole workflows are stored by ``taskqueue.store.workflow_enqueue``.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,24 +22,20 @@ from taskqueue import signals
 from taskqueue.core.payloads import short_repr
 from taskqueue.events import emit
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.models import Task, TaskDependency, TaskStatus, Workflow
+from taskqueue.models import Task, TaskDependency, TaskStatus
 from taskqueue.store import sql
-from taskqueue.store.common import database_alias, user_or_none
-
-logger = logging.getLogger("taskqueue.store")
+from taskqueue.store.common import database_alias
 
 # Ids per statement: well under SQLite's bound-parameter limit.
 CHUNK = 500
-# Waiting tasks one sweep looks at, so a huge backlog never makes one endless transaction.
-SWEEP_BATCH = 500
 
 _TASK = Task._meta.db_table
 _DEP = TaskDependency._meta.db_table
 _WAITING = TaskStatus.WAITING.value
 _COMPLETED = TaskStatus.COMPLETED.value
-_DEAD_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
+DEAD_STATES = (TaskStatus.FAILED, TaskStatus.CANCELLED)
 # A waiting task is ready when no upstream task is anything but completed.
-_ALL_UPSTREAMS_COMPLETED = (
+ALL_UPSTREAMS_COMPLETED = (
     f"NOT EXISTS (SELECT 1 FROM {_DEP} AS d JOIN {_TASK} AS u ON u.id = d.depends_on_id "
     f"WHERE d.task_id = {_TASK}.id AND u.status <> '{_COMPLETED}')"
 )
@@ -53,12 +49,6 @@ class Upstream:
     task_type: str
     status: str
     last_error: str
-
-
-@dataclass(frozen=True, slots=True)
-class SweepResult:
-    released: list[uuid.UUID]
-    cancelled: list[uuid.UUID]
 
 
 # --- reasons ---------------------------------------------------------------------------------
@@ -76,7 +66,7 @@ def cancelled_reason(task_id: uuid.UUID, task_type: str, detail: str = "") -> st
     return f"{reason}: {detail}" if detail and detail != "cancelled" else reason
 
 
-def _reason_for(upstream: Upstream) -> str:
+def reason_for(upstream: Upstream) -> str:
     if upstream.status == TaskStatus.FAILED:
         return failed_reason(upstream.id, upstream.task_type, upstream.last_error)
     return cancelled_reason(upstream.id, upstream.task_type, upstream.last_error)
@@ -135,10 +125,10 @@ def hold_for_upstreams(
         if not ids:
             continue
         states = [found[i] for i in ids]
-        dead = next((u for u in states if u.status in _DEAD_STATES), None)
+        dead = next((u for u in states if u.status in DEAD_STATES), None)
         if dead is not None:
             task.status = TaskStatus.CANCELLED
-            task.last_error = _reason_for(dead)
+            task.last_error = reason_for(dead)
             task.completed_at = Now()
         elif any(u.status != TaskStatus.COMPLETED for u in states):
             task.status = TaskStatus.WAITING
@@ -183,54 +173,7 @@ def link_upstreams(using: str, links: Iterable[tuple[Task, Sequence[uuid.UUID]]]
     TaskDependency.objects.using(using).bulk_create(rows, batch_size=1000)
     if born_cancelled:
         announced = [(t.id, t.task_type, t.queue, t.last_error) for t in born_cancelled]
-        transaction.on_commit(lambda: _emit_cancelled(announced), using=using)
-
-
-def enqueue_workflow(
-    tasks: list[Task],
-    upstreams: list[list[int]],
-    *,
-    name: str = "",
-    created_by: Any = None,
-) -> Workflow:
-    """Store a workflow and its validated, unsaved ``tasks`` in one transaction.
-
-    ``upstreams[i]`` lists the indexes of the earlier tasks that ``tasks[i]`` waits on, in
-    the order its handler receives their results.
-    """
-    from taskqueue.store import enqueueing
-
-    if not isinstance(name, str) or len(name) > 200:
-        raise InvalidTaskOption(
-            f"workflow name must be a string of at most 200 characters: {name!r}"
-        )
-    using = database_alias()
-    # One clock read for the batch; tasks keep their order as their arrival order.
-    enqueueing._stamp_batch(tasks, using)
-    for index, task in enumerate(tasks):
-        if any(not 0 <= upstream < index for upstream in upstreams[index]):
-            raise ValueError(f"task {index} may only wait on earlier tasks: {upstreams[index]}")
-        if upstreams[index]:
-            task.status = TaskStatus.WAITING
-        for upstream in upstreams[index]:
-            tasks[upstream].has_dependents = True
-    with transaction.atomic(using=using):
-        workflow = Workflow.objects.using(using).create(
-            name=name, created_by=user_or_none(created_by)
-        )
-        for task in tasks:
-            task.workflow = workflow
-        Task.objects.using(using).bulk_create(tasks, batch_size=1000)
-        TaskDependency.objects.using(using).bulk_create(
-            [
-                TaskDependency(task_id=task.id, depends_on_id=tasks[upstream].id, position=position)
-                for task, ids in zip(tasks, upstreams, strict=True)
-                for position, upstream in enumerate(ids)
-            ],
-            batch_size=1000,
-        )
-    transaction.on_commit(lambda: enqueueing._emit_enqueued(*tasks), using=using)
-    return workflow
+        transaction.on_commit(lambda: emit_cancelled(announced), using=using)
 
 
 # --- completion side -------------------------------------------------------------------------
@@ -244,7 +187,7 @@ def release_dependents(using: str, upstream_ids: list[uuid.UUID]) -> list[uuid.U
     """
     released: list[uuid.UUID] = []
     for chunk in _chunks(sorted(set(upstream_ids))):
-        released += _release(using, _waiting_dependents(using, chunk))
+        released += release_waiting(using, _waiting_dependents(using, chunk))
     return released
 
 
@@ -270,7 +213,7 @@ def _waiting_dependents(
         return [sql._as_uuid(row[0]) for row in cursor.fetchall()]
 
 
-def _release(using: str, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+def release_waiting(using: str, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
     """Ready those of ``task_ids`` still waiting whose upstream tasks have all completed."""
     if not task_ids:
         return []
@@ -286,7 +229,7 @@ def _release(using: str, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
                 f"UPDATE {_TASK} SET status = CASE WHEN run_at > {now} "
                 f"THEN '{TaskStatus.SCHEDULED.value}' ELSE '{TaskStatus.PENDING.value}' END, "
                 f"updated_at = {now} "
-                f"WHERE id IN ({marks}) AND status = '{_WAITING}' AND {_ALL_UPSTREAMS_COMPLETED} "
+                f"WHERE id IN ({marks}) AND status = '{_WAITING}' AND {ALL_UPSTREAMS_COMPLETED} "
                 "RETURNING id, queue",
                 params,
             )
@@ -312,16 +255,16 @@ def cancel_dependents(using: str, upstream_ids: list[uuid.UUID], reason: str) ->
     while frontier:
         level: list[uuid.UUID] = []
         for chunk in _chunks(frontier):
-            rows = _cancel_waiting(using, _waiting_dependents(using, chunk), reason)
+            rows = cancel_waiting(using, _waiting_dependents(using, chunk), reason)
             cancelled += rows
             level += [row[0] for row in rows]
         frontier = sorted(level)
     if cancelled:
-        transaction.on_commit(lambda: _emit_cancelled(cancelled), using=using)
+        transaction.on_commit(lambda: emit_cancelled(cancelled), using=using)
     return [row[0] for row in cancelled]
 
 
-def _cancel_waiting(
+def cancel_waiting(
     using: str, task_ids: Sequence[uuid.UUID], reason: str
 ) -> list[tuple[uuid.UUID, str, str, str]]:
     if not task_ids:
@@ -362,7 +305,7 @@ def cascade_cancellation(using: str, task_id: uuid.UUID, detail: str = "") -> li
         return cancel_dependents(using, [task_id], cancelled_reason(task_id, task_type, detail))
 
 
-def _emit_cancelled(rows: list[tuple[uuid.UUID, str, str, str]]) -> None:
+def emit_cancelled(rows: list[tuple[uuid.UUID, str, str, str]]) -> None:
     for task_id, task_type, queue, reason in rows:
         emit(
             signals.task_cancelled,
@@ -372,69 +315,6 @@ def _emit_cancelled(rows: list[tuple[uuid.UUID, str, str, str]]) -> None:
             queue=queue,
             message=reason,
         )
-
-
-# --- the sweep -------------------------------------------------------------------------------
-
-
-def sweep_waiting_tasks(limit: int = SWEEP_BATCH) -> SweepResult:
-    """Release waiting tasks whose upstreams all completed; cancel those with a dead one.
-
-    A worker duty runs this every ``RESCUE_INTERVAL``: the completion and cancellation paths
-    already do both in their own transactions, so this only finds what a race left behind.
-    """
-    using = database_alias()
-    with transaction.atomic(using=using):
-        released = _release(using, _releasable(using, limit))
-    cancelled: list[uuid.UUID] = []
-    for task_id, upstream in _doomed(using, limit):
-        with transaction.atomic(using=using):
-            reason = _reason_for(upstream)
-            rows = _cancel_waiting(using, [task_id], reason)
-            if not rows:
-                continue  # released or cancelled meanwhile
-            transaction.on_commit(lambda rows=rows: _emit_cancelled(rows), using=using)
-            cancelled += [task_id, *cancel_dependents(using, [task_id], reason)]
-    if released or cancelled:
-        logger.info(
-            "workflow sweep released %d and cancelled %d waiting task(s)",
-            len(released),
-            len(cancelled),
-        )
-    return SweepResult(released=released, cancelled=cancelled)
-
-
-def _releasable(using: str, limit: int) -> list[uuid.UUID]:
-    query = (
-        f"SELECT id FROM {_TASK} WHERE status = '{_WAITING}' AND {_ALL_UPSTREAMS_COMPLETED} "
-        "ORDER BY id LIMIT %s"
-    )
-    if sql.vendor(using) == "postgresql":
-        # A completion holding one of these is releasing it right now: leave it be.
-        query += " FOR UPDATE SKIP LOCKED"
-    with connections[using].cursor() as cursor:
-        cursor.execute(query, [limit])
-        return [sql._as_uuid(row[0]) for row in cursor.fetchall()]
-
-
-def _doomed(using: str, limit: int) -> list[tuple[uuid.UUID, Upstream]]:
-    """Waiting tasks with a failed or cancelled upstream, each with the first such upstream."""
-    dead = ", ".join(f"'{state.value}'" for state in _DEAD_STATES)
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            f"SELECT t.id, u.id, u.task_type, u.status, u.last_error FROM {_TASK} AS t "
-            f"JOIN {_DEP} AS d ON d.task_id = t.id JOIN {_TASK} AS u ON u.id = d.depends_on_id "
-            f"WHERE t.status = '{_WAITING}' AND u.status IN ({dead}) "
-            "ORDER BY t.id, d.position LIMIT %s",
-            [limit],
-        )
-        rows = cursor.fetchall()
-    doomed: dict[uuid.UUID, Upstream] = {}
-    for task_id, up_id, up_type, up_status, up_error in rows:
-        doomed.setdefault(
-            sql._as_uuid(task_id), Upstream(sql._as_uuid(up_id), up_type, up_status, up_error or "")
-        )
-    return list(doomed.items())
 
 
 # --- reading ---------------------------------------------------------------------------------

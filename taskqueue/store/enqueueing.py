@@ -52,8 +52,6 @@ ENQUEUE_OPTIONS = frozenset(
 )
 # As registry.NAME_PATTERN allows.
 MAX_TASK_TYPE_LENGTH = 200
-# The name other store modules import it by.
-_emit_enqueued = emit_enqueued
 
 
 @dataclass(frozen=True)
@@ -232,24 +230,6 @@ def _apply_delays(tasks: Sequence[Task], using: str) -> None:
     for task in delayed:
         task.run_at = now + task._taskqueue_delay  # type: ignore[attr-defined]
         task.status = TaskStatus.SCHEDULED
-
-
-def _stamp_batch(tasks: Sequence[Task], using: str) -> None:
-    """Give a batch its times from one read of the database clock.
-
-    Literal times let the bulk insert skip per-row DEFAULT expressions (twice as fast), and
-    a microsecond apart each keeps the batch's arrival order for the claim's tie-break.
-    """
-    now = sql.db_now(using)
-    for offset, task in enumerate(tasks):
-        arrival = now + timedelta(microseconds=offset)
-        task.created_at = task.updated_at = arrival
-        delay = getattr(task, "_taskqueue_delay", None)
-        if delay is not None:
-            task.run_at = now + delay
-            task.status = TaskStatus.SCHEDULED
-        elif task.status != TaskStatus.SCHEDULED:
-            task.run_at = arrival
 
 
 def enqueue(task_type: str, payload: Mapping[str, Any] | None = None, **options: Any) -> Task:

@@ -23,10 +23,12 @@ from django.db.models.functions import Now
 from taskqueue.core.registry import registry
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
 from taskqueue.models import CatchUp, Schedule, Task
+from taskqueue.schedules import heartbeats
 from taskqueue.schedules.cron import CronError, CronSlots
 from taskqueue.store import sql
+from taskqueue.store.bulk_enqueue import emit_enqueued
 from taskqueue.store.common import database_alias
-from taskqueue.store.enqueueing import _emit_enqueued, build_task
+from taskqueue.store.enqueueing import build_task
 
 logger = logging.getLogger("taskqueue.schedules")
 
@@ -207,7 +209,7 @@ def _insert(schedule: Schedule, tasks: list[Task], using: str) -> list[Task]:
         )
         return []
     Schedule.objects.using(using).filter(pk=schedule.pk).update(last_task_id=tasks[-1].pk)
-    transaction.on_commit(lambda: _emit_enqueued(*tasks), using=using)
+    transaction.on_commit(lambda: emit_enqueued(*tasks), using=using)
     return tasks
 
 
@@ -220,7 +222,7 @@ def run_now(schedule: Schedule, created_by: object = None) -> Task:
         Schedule.objects.using(using).filter(pk=schedule.pk).update(
             last_task_id=task.pk, last_fired_at=Now()
         )
-    transaction.on_commit(lambda: _emit_enqueued(task), using=using)
+    transaction.on_commit(lambda: emit_enqueued(task), using=using)
     return task
 
 
@@ -273,8 +275,6 @@ def record_successes(using: str, schedule_ids: list[int]) -> None:
         .values_list("heartbeat_url", flat=True)
     )
     if urls:
-        from taskqueue.schedules import heartbeats
-
         transaction.on_commit(lambda: heartbeats.ping(urls), using=using)
 
 

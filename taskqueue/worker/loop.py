@@ -159,9 +159,7 @@ class WorkerLoop:
                     lambda: presence.heartbeat(worker_id, self.processed),
                 ),
                 Duty("rescue", self.config.rescue_interval, self._rescue),
-                Duty(
-                    "workflows", self.config.rescue_interval, store.dependencies.sweep_waiting_tasks
-                ),
+                Duty("workflows", self.config.rescue_interval, store.sweep_waiting_tasks),
                 Duty("metrics", tq_settings.METRICS["FLUSH_INTERVAL"], self.recorder.flush),
                 Duty("events", event_stream.FLUSH_INTERVAL, event_stream.flush),
                 *schedule_duties(self.wake),

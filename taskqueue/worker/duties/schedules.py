@@ -15,6 +15,9 @@ from django.db import DatabaseError, connections
 from django.db.utils import InterfaceError, OperationalError
 
 from taskqueue.conf import settings as tq_settings
+from taskqueue.schedules.lateness import report_late_schedules
+from taskqueue.schedules.sync import sync_schedules
+from taskqueue.store.firing import fire_due_schedules
 from taskqueue.worker.duties.runner import Duty
 
 logger = logging.getLogger("taskqueue.schedules")
@@ -27,8 +30,6 @@ OUTAGE_REPORT_INTERVAL = 30.0
 
 def sync_at_start() -> None:
     """Sync declared schedules; a failure is logged, and the worker starts anyway."""
-    from taskqueue.schedules.sync import sync_schedules
-
     try:
         result = sync_schedules()
     except DatabaseError:
@@ -46,8 +47,6 @@ def sync_at_start() -> None:
 
 def schedule_duties(wake: Callable[[], None]) -> list[Duty]:
     """The worker duties that fire due slots and report late schedules."""
-    from taskqueue.schedules.lateness import report_late_schedules
-    from taskqueue.store.firing import fire_due_schedules
 
     def fire() -> None:
         if fire_due_schedules():
