@@ -37,6 +37,8 @@ CLUSTERS = Path("/etc/postgresql")
 pytestmark = [
     pytest.mark.postgres_only,
     pytest.mark.slow,
+    # Restarting the server breaks every other test's connection: run alone.
+    pytest.mark.serial,
     pytest.mark.django_db(transaction=True),
 ]
 
