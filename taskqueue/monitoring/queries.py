@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connections
@@ -37,10 +37,9 @@ from taskqueue.models import (
     Task,
     TaskStatus,
     TaskType,
-    Worker,
-    WorkerStatus,
 )
 from taskqueue.store import sql
+from taskqueue.store import workers as store_workers
 
 # Over this planner estimate a status is estimated, not counted (PostgreSQL).
 STATUS_EXACT_LIMIT = 10_000
@@ -446,16 +445,11 @@ def unreviewed_dead_letters(using: str | None = None) -> int:
 
 
 def live_workers(using: str | None = None) -> list[dict[str, Any]]:
-    """Running workers that heartbeated within STALE_AFTER of the database clock, each with
-    the number of tasks it holds (running tasks it claimed)."""
+    """The live workers (``taskqueue.store.workers.is_live``), each with the number of tasks
+    it holds (running tasks it claimed)."""
     using = using or database()
     now = sql.db_now(using)
-    fresh_since = now - timedelta(seconds=float(tq_settings.STALE_AFTER))
-    workers = list(
-        Worker.objects.using(using)
-        .filter(status=WorkerStatus.RUNNING, last_heartbeat__gte=fresh_since)
-        .order_by("id")
-    )
+    workers = list(store_workers.live_workers(using).order_by("id"))
     in_hand = dict(
         Task.objects.using(using)
         .filter(status=TaskStatus.RUNNING, claimed_by__in=[w.id for w in workers])

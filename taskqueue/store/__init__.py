@@ -9,7 +9,6 @@ owns the task now, and the write is dropped and logged.
 
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
-from taskqueue.store.flow import pause_task_types, reset_circuits, resume_task_types
 from taskqueue.store.rescue import RescueResult, rescue_own_tasks, rescue_stale_tasks
 from taskqueue.store.retention import (
     PRUNE_KINDS,
@@ -32,6 +31,12 @@ from taskqueue.store.running import (
     save_progress,
 )
 from taskqueue.store.sql import ClaimedTask
+from taskqueue.store.task_types import (
+    ensure_task_types,
+    pause_task_types,
+    reset_circuits,
+    resume_task_types,
+)
 from taskqueue.store.triage import (
     RequeueResult,
     cancel,
@@ -63,6 +68,7 @@ __all__ = [
     "emit_for",
     "enqueue",
     "enqueue_many",
+    "ensure_task_types",
     "fail_attempt",
     "is_cancel_requested",
     "mark_reviewed",
