@@ -30,7 +30,7 @@ from taskqueue.store.running import (
     retry_later,
     save_progress,
 )
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask, db_now
 from taskqueue.store.task_types import (
     ensure_task_types,
     pause_task_types,
@@ -42,6 +42,7 @@ from taskqueue.store.triage import (
     cancel,
     cancel_tasks,
     delete_tasks,
+    edit_dead_letter_note,
     mark_reviewed,
     requeue_dead,
 )
@@ -62,9 +63,11 @@ __all__ = [
     "complete_tasks",
     "count_prunable",
     "database_alias",
+    "db_now",
     "dead_letter",
     "delete_prunable_batch",
     "delete_tasks",
+    "edit_dead_letter_note",
     "emit_for",
     "enqueue",
     "enqueue_many",
