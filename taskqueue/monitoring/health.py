@@ -36,6 +36,7 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from taskqueue import store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import TaskType
 from taskqueue.monitoring import queries
@@ -106,7 +107,7 @@ def _graded(value: float, limit: float) -> str | None:
 
 def check(using: str | None = None) -> Verdict:
     """Compute the verdict now; never raises for a database outage (that is an issue)."""
-    using = using or queries.database()
+    using = using or store.database_alias()
     try:
         issues = _issues(using)
     except DatabaseError as exc:

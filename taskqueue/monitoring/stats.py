@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from taskqueue import store
 from taskqueue.monitoring import metrics, queries
 from taskqueue.monitoring.metrics import WindowSummary
 from taskqueue.monitoring.unserved import unserved_work
@@ -139,7 +140,7 @@ def _totals_since_start(using: str) -> dict[str, dict[str, int]]:
 
 def collect(window: int = DEFAULT_WINDOW, using: str | None = None) -> dict[str, Any]:
     """The stats as a JSON-ready dict (see the README for every field)."""
-    using = using or queries.database()
+    using = using or store.database_alias()
     snapshot = queries.queue_snapshot(using)
     now: datetime = snapshot.now
     since = now - timedelta(seconds=window)

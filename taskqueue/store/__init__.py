@@ -30,7 +30,7 @@ from taskqueue.store.running import (
     retry_later,
     save_progress,
 )
-from taskqueue.store.sql import ClaimedTask, db_now
+from taskqueue.store.sql import ClaimedTask, db_now, vendor
 from taskqueue.store.task_types import (
     ensure_task_types,
     pause_task_types,
@@ -84,4 +84,5 @@ __all__ = [
     "resume_task_types",
     "retry_later",
     "save_progress",
+    "vendor",
 ]
