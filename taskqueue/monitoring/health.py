@@ -41,6 +41,7 @@ from taskqueue.conf import settings as tq_settings
 from taskqueue.models import TaskType
 from taskqueue.monitoring import queries
 from taskqueue.monitoring.unserved import describe, unserved_work
+from taskqueue.schedules import late_schedules
 
 logger = logging.getLogger("taskqueue.monitoring.health")
 
@@ -124,8 +125,6 @@ def check(using: str | None = None) -> Verdict:
 
 
 def _issues(using: str) -> list[Issue]:
-    from taskqueue.schedules import late_schedules
-
     snapshot = queries.queue_snapshot(using)
     issues: list[Issue] = []
     for queue, entry in snapshot.by_queue().items():
