@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy as _
 from taskqueue.admin import display
 from taskqueue.admin.base import ReadOnlyModelAdmin
 from taskqueue.models import TaskStatus, Worker
-from taskqueue.store import workers
+from taskqueue.store import worker_rows
 
 
 @admin.register(Worker)
@@ -53,7 +53,7 @@ class WorkerAdmin(ReadOnlyModelAdmin):
         return (
             super()
             .get_queryset(request)
-            .annotate(is_live=ExpressionWrapper(workers.is_live(), output_field=BooleanField()))
+            .annotate(is_live=ExpressionWrapper(worker_rows.is_live(), output_field=BooleanField()))
         )
 
     @admin.display(description=_("alive"), boolean=True, ordering="is_live")

@@ -37,8 +37,7 @@ from taskqueue.models import (
     TaskStatus,
     TaskType,
 )
-from taskqueue.store import task_counts
-from taskqueue.store import workers as store_workers
+from taskqueue.store import task_counts, worker_rows
 from taskqueue.store.task_counts import oldest_due_at
 
 # Over this planner estimate a status is estimated, not counted (PostgreSQL).
@@ -322,11 +321,11 @@ def unreviewed_dead_letters(using: str | None = None) -> int:
 
 
 def live_workers(using: str | None = None) -> list[dict[str, Any]]:
-    """The live workers (``taskqueue.store.workers.is_live``), each with the number of tasks
+    """The live workers (``taskqueue.store.worker_rows.is_live``), each with the number of tasks
     it holds (running tasks it claimed)."""
     using = using or store.database_alias()
     now = store.db_now(using)
-    workers = list(store_workers.live_workers(using).order_by("id"))
+    workers = list(worker_rows.live_workers(using).order_by("id"))
     in_hand = dict(
         Task.objects.using(using)
         .filter(status=TaskStatus.RUNNING, claimed_by__in=[w.id for w in workers])

@@ -31,7 +31,7 @@ from taskqueue.store.running import (
     save_progress,
 )
 from taskqueue.store.sql import ClaimedTask, db_now, vendor
-from taskqueue.store.task_types import (
+from taskqueue.store.task_type_rows import (
     ensure_task_types,
     pause_task_types,
     reset_circuits,

@@ -6,7 +6,7 @@ machines. The main claim skips every type under control; ``claim_gated`` claims 
 under its row lock, at most as many tasks as its limits allow at that moment.
 
 This module decides (how many to claim, when a circuit opens or closes); the rows are
-written by ``taskqueue.store.task_types``.
+written by ``taskqueue.store.task_type_rows``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from django.db.models import Q
 from taskqueue.core.registry import RATE_PATTERN, CircuitBreaker, registry
 from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import CircuitState, Task, TaskStatus, TaskType
-from taskqueue.store import sql, task_types
+from taskqueue.store import sql, task_type_rows
 from taskqueue.store.common import database_alias
 from taskqueue.store.sql import ClaimedTask
 
@@ -161,7 +161,7 @@ def _claim_locked(
         # that was lost or released leaves nothing running, and the next claim probes again.
         running = _running_count(using, task_type)
         if running:
-            task_types.save_claim_controls(using, task_type, changes)
+            task_type_rows.save_claim_controls(using, task_type, changes)
             return GatedClaim([])
         allowed = 1
     if controls["concurrency_limit"] is not None:
@@ -180,7 +180,7 @@ def _claim_locked(
         changes.update(rate_tokens=tokens, rate_updated_at=now)
         if tokens + TOKEN_EPSILON < 1:
             retry_after = (1 - tokens) / per_second
-    task_types.save_claim_controls(using, task_type, changes)
+    task_type_rows.save_claim_controls(using, task_type, changes)
     if state == CircuitState.HALF_OPEN and claimed:
         logger.info(
             "circuit of %s is half open: task %s probes it",
@@ -218,9 +218,9 @@ def record_successes(using: str, task_types_done: list[str]) -> None:
     )
     for name, state in rows:
         if state == CircuitState.CLOSED:
-            task_types.forget_failures(using, name)
-        elif task_types.close_circuit(using, name):
-            task_types.announce_circuit(
+            task_type_rows.forget_failures(using, name)
+        elif task_type_rows.close_circuit(using, name):
+            task_type_rows.announce_circuit(
                 using, name, opened=False, message=f"circuit of {name} closed: a task succeeded"
             )
 
@@ -233,7 +233,7 @@ def record_failure(using: str, task_type: str) -> None:
     breaker = breaker_of(task_type)
     if breaker is None:
         return
-    counted = task_types.count_failure(using, task_type)
+    counted = task_type_rows.count_failure(using, task_type)
     if counted is None:
         return
     failures, state, threshold = counted
@@ -244,5 +244,5 @@ def record_failure(using: str, task_type: str) -> None:
         reason = f"circuit of {task_type} opened after {failures} failures in a row"
     else:
         return  # still under the threshold, or already open
-    task_types.open_circuit(using, task_type)
-    task_types.announce_circuit(using, task_type, opened=True, message=reason)
+    task_type_rows.open_circuit(using, task_type)
+    task_type_rows.announce_circuit(using, task_type, opened=True, message=reason)

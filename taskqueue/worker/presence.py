@@ -2,7 +2,7 @@
 
 Workers also register the task types they serve, so the admin lists every type that a live
 worker can run (``TaskType.is_active``) and when one was last seen. The rows are written by
-``taskqueue.store.workers`` and ``taskqueue.store.task_types``.
+``taskqueue.store.worker_rows`` and ``taskqueue.store.task_type_rows``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 import uuid
 
 from taskqueue.core.registry import registry
-from taskqueue.store import task_types, workers
+from taskqueue.store import task_type_rows, worker_rows
 from taskqueue.store.common import database_alias
 
 logger = logging.getLogger("taskqueue.worker.presence")
@@ -26,7 +26,7 @@ def default_worker_id() -> str:
 
 def register_worker(worker_id: str, queues: list[str], concurrency: int) -> None:
     """Create or refresh this worker's row and mark the task types it serves as active."""
-    workers.register(
+    worker_rows.register(
         worker_id,
         hostname=socket.gethostname(),
         pid=os.getpid(),
@@ -34,21 +34,21 @@ def register_worker(worker_id: str, queues: list[str], concurrency: int) -> None
         task_types=registry.names(),
         concurrency=concurrency,
     )
-    task_types.sync_from_specs(database_alias(), registry.specs())
+    task_type_rows.sync_from_specs(database_alias(), registry.specs())
 
 
 def heartbeat(worker_id: str, tasks_processed: int) -> None:
     """Tell the others this worker is alive, and keep its task types marked active."""
-    if workers.beat(worker_id, tasks_processed):
+    if worker_rows.beat(worker_id, tasks_processed):
         logger.warning("worker %s was presumed dead and is heartbeating again", worker_id)
-    task_types.mark_served(database_alias(), registry.names())
+    task_type_rows.mark_served(database_alias(), registry.names())
 
 
 def unregister_worker(worker_id: str, tasks_processed: int) -> None:
     """Mark this worker stopped; its types stay active while another live worker serves them."""
     using = database_alias()
-    workers.mark_stopped(worker_id, tasks_processed)
+    worker_rows.mark_stopped(worker_id, tasks_processed)
     still_served: set[str] = set()
-    for types in workers.live_workers(using).values_list("task_types", flat=True):
+    for types in worker_rows.live_workers(using).values_list("task_types", flat=True):
         still_served.update(types or [])
-    task_types.mark_unserved(using, registry.names(), still_served)
+    task_type_rows.mark_unserved(using, registry.names(), still_served)
