@@ -45,6 +45,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus metrics (the "prometheus" extra). Imported on the first scrape, so that a
     project without prometheus-client can still include taskqueue.urls; without it, a scrape
     raises ImproperlyConfigured naming the extra."""
+    # why: prometheus-client is optional; import it on the first scrape only
     from taskqueue.monitoring.prometheus import metrics_response
 
     return metrics_response(request)

@@ -27,7 +27,7 @@ from django.test import override_settings
 from taskqueue.core import outbound
 from taskqueue.core.outbound import ANY_HOST, AllowList, OutboundRefused, check_url, request
 from taskqueue.models import Schedule, Task, TaskStatus
-from taskqueue.monitoring import alerts
+from taskqueue.monitoring import alert_delivery, alerts
 from taskqueue.monitoring.alerts import WEBHOOK, Alert, Summary
 from taskqueue.schedules import run_now
 from tests.conftest import finish_worker, wait_for
@@ -402,7 +402,7 @@ def test_webhook_text_escapes_chat_control_sequences_from_task_data() -> None:
         None,
         [{"label": "<!everyone> in <https://evil.example|x>", "count": 2, "task_id": ""}],
     )
-    text = alerts.webhook_text(alert, summary)
+    text = alert_delivery.webhook_text(alert, summary)
     assert "<" not in text and ">" not in text
     assert f"[taskqueue] task {alert.task_id} (&lt;!channel&gt;, queue &lt;@\u200bU123&gt;)" in text
     assert "dead-lettered after attempt 3/3: &lt;https://evil.example|click here&gt;: " in text
@@ -415,16 +415,19 @@ def test_webhook_text_escapes_chat_control_sequences_from_task_data() -> None:
     assert f"(admin: /admin/taskqueue/task/{alert.task_id}/change/)" in text
     # Other events carry task data in their message and label.
     circuit = hostile_alert(event="circuit_opened", message="", task_type="<!channel>")
-    assert alerts.webhook_text(circuit, None) == "[taskqueue] circuit of &lt;!channel&gt;"
+    assert alert_delivery.webhook_text(circuit, None) == "[taskqueue] circuit of &lt;!channel&gt;"
     late = hostile_alert(event="schedule_late", message="schedule '<@U1|x>' is late")
-    assert alerts.webhook_text(late, None) == "[taskqueue] schedule '&lt;@\u200bU1|x&gt;' is late"
+    assert (
+        alert_delivery.webhook_text(late, None)
+        == "[taskqueue] schedule '&lt;@\u200bU1|x&gt;' is late"
+    )
     # "&" is escaped once, so text that already looks escaped shows as written.
-    assert alerts.escape_chat_text("&lt;!channel&gt;") == "&amp;lt;!channel&amp;gt;"
+    assert alert_delivery.escape_chat_text("&lt;!channel&gt;") == "&amp;lt;!channel&amp;gt;"
 
 
 def test_the_mail_alert_stays_plain_text() -> None:
     alert = hostile_alert(channel=alerts.EMAIL)
-    subject, body = alerts.email_content(alert, None)
+    subject, body = alert_delivery.email_content(alert, None)
     assert "<!channel>" in subject
     assert "Error:     <https://evil.example|click here>: R&D says <!here> to @everyone" in body
 
@@ -440,7 +443,7 @@ def test_the_posted_json_carries_the_escaped_text() -> None:
             assert alerts.deliver(WEBHOOK, alert, None) is True
         (body,) = webhook.bodies
         assert body["content_type"] == "application/json"
-        assert body["json"] == {"text": alerts.webhook_text(alert, None)}
+        assert body["json"] == {"text": alert_delivery.webhook_text(alert, None)}
         text = body["json"]["text"]
         assert "<" not in text and ">" not in text
         assert "&lt;!channel&gt;" in text and "&lt;https://evil.example|click here&gt;" in text

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 
-from taskqueue.conf import settings as tq_settings
+from taskqueue import store
 
 
 class QueueModelAdmin(admin.ModelAdmin):
@@ -20,13 +20,13 @@ class QueueModelAdmin(admin.ModelAdmin):
     list_per_page = 50
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return super().get_queryset(request).using(tq_settings.DATABASE)
+        return super().get_queryset(request).using(store.database_alias())
 
     def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
-        # Only what the form changed: the read-only columns may have moved on since the page
-        # was loaded (a worker or another admin retried the task), and must not be rolled back.
-        update_fields = list(form.changed_data) if change else None
-        obj.save(using=tq_settings.DATABASE, update_fields=update_fields)
+        # Rows change only through store verbs: an admin whose form edits a column overrides
+        # this with the verb that writes it (dead letter notes, schedules). The others show
+        # read-only fields, so their forms change nothing.
+        return
 
     def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         # Rows are created by enqueue and by workers, never by hand.

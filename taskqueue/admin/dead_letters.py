@@ -120,6 +120,10 @@ class DeadLetterAdmin(StoreDeletesModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         return super().get_queryset(request).select_related("task")
 
+    def save_model(self, request: HttpRequest, obj: DeadLetter, form: Any, change: bool) -> None:
+        if "note" in form.changed_data:
+            store.edit_dead_letter_note(obj.pk, obj.note)
+
     def has_delete_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
         # A dead letter goes with its task (the store keeps that pair consistent), so deletion
         # is the action, which says so; deleting one row alone would orphan a failed task.

@@ -20,10 +20,10 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from taskqueue import store
 from taskqueue.admin import display
 from taskqueue.admin.actions import batches, report
 from taskqueue.admin.base import QueueModelAdmin
-from taskqueue.conf import settings as tq_settings
 from taskqueue.core.priorities import resolve_priority
 from taskqueue.core.registry import registry, validate_queue_name
 from taskqueue.exceptions import InvalidPayload, InvalidTaskOption, UnknownTaskType
@@ -31,7 +31,7 @@ from taskqueue.models import Schedule, ScheduleSource
 from taskqueue.schedules import definitions as decl
 from taskqueue.schedules.cron import CronError, CronSlots, validate_cron
 from taskqueue.schedules.lateness import success_due_at
-from taskqueue.store import firing, sql
+from taskqueue.store import firing, schedule_rows
 
 DEFINITION_FIELDS = (
     "name",
@@ -282,8 +282,7 @@ class ScheduleAdmin(QueueModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        using = tq_settings.DATABASE
-        now = sql.db_now(using)
+        now = store.db_now(store.database_alias())
         timing_changed = not change or bool(TIMING_FIELDS & set(form.changed_data))
         if timing_changed:
             # A new or re-timed schedule starts at its next slot; nothing is caught up.
@@ -292,12 +291,12 @@ class ScheduleAdmin(QueueModelAdmin):
         obj.updated_at = now
         if not change:
             obj.source = ScheduleSource.ADMIN
-            obj.save(using=using, force_insert=True)
+            schedule_rows.save_from_admin(obj, None)
             return
         fields = [*form.changed_data, "updated_at"]
         if timing_changed:
             fields += ["next_run_at", "late_since"]
-        obj.save(using=using, update_fields=fields)
+        schedule_rows.save_from_admin(obj, fields)
 
     @admin.display(description=_("late"), boolean=True)
     def late(self, schedule: Schedule) -> bool | None:

@@ -2,7 +2,7 @@
 control: pause, resume and circuit reset (each needs ``taskqueue.change_tasktype``).
 
 Rows are never edited by hand: workers write the configuration at start-up, and the actions
-go through ``taskqueue.store.flow``.
+go through the store (``taskqueue.store.task_type_rows``).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from taskqueue import store
 from taskqueue.admin import display
 from taskqueue.admin.actions import report
 from taskqueue.admin.base import QueueModelAdmin
 from taskqueue.core.priorities import priority_label
 from taskqueue.models import TaskType
-from taskqueue.store import flow
 
 
 def _apply(
@@ -46,7 +46,7 @@ def pause_task_types(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[TaskType]
 ) -> None:
     """Stop claiming the selected types; tasks already claimed finish."""
-    paused, total = _apply(modeladmin, request, queryset, flow.pause_task_types, "Paused.")
+    paused, total = _apply(modeladmin, request, queryset, store.pause_task_types, "Paused.")
     parts = [
         ngettext("Paused %(count)d task type.", "Paused %(count)d task types.", paused)
         % {"count": paused}
@@ -66,7 +66,7 @@ def resume_task_types(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[TaskType]
 ) -> None:
     """Let workers claim the selected paused types again."""
-    resumed, total = _apply(modeladmin, request, queryset, flow.resume_task_types, "Resumed.")
+    resumed, total = _apply(modeladmin, request, queryset, store.resume_task_types, "Resumed.")
     parts = [
         ngettext("Resumed %(count)d task type.", "Resumed %(count)d task types.", resumed)
         % {"count": resumed}
@@ -85,7 +85,7 @@ def reset_circuits(
 ) -> None:
     """Close the selected types' circuits and forget their failures."""
     closed, total = _apply(
-        modeladmin, request, queryset, flow.reset_circuits, "Reset the circuit breaker."
+        modeladmin, request, queryset, store.reset_circuits, "Reset the circuit breaker."
     )
     parts = [
         ngettext(

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.contrib import admin
-from django.utils import timezone
+from django.db.models import BooleanField, ExpressionWrapper, QuerySet
+from django.http import HttpRequest
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
 from taskqueue.admin import display
 from taskqueue.admin.base import ReadOnlyModelAdmin
-from taskqueue.conf import settings as tq_settings
-from taskqueue.models import TaskStatus, Worker, WorkerStatus
-
-
-def is_alive(worker: Worker) -> bool:
-    """A worker is alive while it runs and its heartbeat is fresher than STALE_AFTER."""
-    fresh_since = timezone.now() - timedelta(seconds=tq_settings.STALE_AFTER)
-    return worker.status == WorkerStatus.RUNNING and worker.last_heartbeat >= fresh_since
+from taskqueue.models import TaskStatus, Worker
+from taskqueue.store import worker_rows
 
 
 @admin.register(Worker)
@@ -55,9 +48,17 @@ class WorkerAdmin(ReadOnlyModelAdmin):
     )
     readonly_fields = fields
 
-    @admin.display(description=_("alive"), boolean=True)
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Worker]:
+        # Alive as the store defines it, on the database's clock.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(is_live=ExpressionWrapper(worker_rows.is_live(), output_field=BooleanField()))
+        )
+
+    @admin.display(description=_("alive"), boolean=True, ordering="is_live")
     def alive(self, worker: Worker) -> bool:
-        return is_alive(worker)
+        return bool(worker.is_live)  # type: ignore[attr-defined]
 
     @admin.display(description=_("queues"))
     def queue_names(self, worker: Worker) -> str:

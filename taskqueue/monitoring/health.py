@@ -36,10 +36,12 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from taskqueue import store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import TaskType
 from taskqueue.monitoring import queries
 from taskqueue.monitoring.unserved import describe, unserved_work
+from taskqueue.schedules import late_schedules
 
 logger = logging.getLogger("taskqueue.monitoring.health")
 
@@ -106,7 +108,7 @@ def _graded(value: float, limit: float) -> str | None:
 
 def check(using: str | None = None) -> Verdict:
     """Compute the verdict now; never raises for a database outage (that is an issue)."""
-    using = using or queries.database()
+    using = using or store.database_alias()
     try:
         issues = _issues(using)
     except DatabaseError as exc:
@@ -123,8 +125,6 @@ def check(using: str | None = None) -> Verdict:
 
 
 def _issues(using: str) -> list[Issue]:
-    from taskqueue.schedules import late_schedules
-
     snapshot = queries.queue_snapshot(using)
     issues: list[Issue] = []
     for queue, entry in snapshot.by_queue().items():

@@ -21,6 +21,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from taskqueue.conf import settings as tq_settings
 from taskqueue.events import Severity, TaskEvent
 
 logger = logging.getLogger("taskqueue.lifecycle")
@@ -52,8 +53,6 @@ _enabled: bool | None = None  # EVENTS["LOG"], read once and again when settings
 def logging_enabled() -> bool:
     global _enabled
     if _enabled is None:
-        from taskqueue.conf import settings as tq_settings
-
         _enabled = bool(tq_settings.EVENTS.get("LOG", True))
     return _enabled
 

@@ -14,9 +14,8 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from taskqueue import store
 from taskqueue.models import MetricsMinute
-from taskqueue.store.common import database_alias
-from taskqueue.store.sql import db_now
 
 # Upper bounds (seconds) of the run-time and wait-time histogram buckets; a histogram is a
 # list of len(TIME_BUCKETS) + 1 counts, the last one for everything above the last bound.
@@ -157,11 +156,11 @@ def percentile(histogram: list[int], fraction: float) -> float | None:
 
 
 def _until(until: datetime | None) -> datetime:
-    return _as_utc(until) if until is not None else db_now(database_alias())
+    return _as_utc(until) if until is not None else store.db_now(store.database_alias())
 
 
 def _window(since: datetime, until: datetime | None) -> QuerySet[MetricsMinute]:
-    return MetricsMinute.objects.using(database_alias()).filter(
+    return MetricsMinute.objects.using(store.database_alias()).filter(
         minute__gte=_first_minute(since), minute__lt=_until(until)
     )
 

@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         '"prometheus" extra (pip install "taskqueue[prometheus]").'
     ) from exc
 
+from taskqueue import store
 from taskqueue.models import READY_STATES, CircuitState, MetricsTotal, TaskType
 from taskqueue.monitoring import queries
 from taskqueue.monitoring.metrics import TIME_BUCKETS
@@ -138,7 +139,7 @@ class TaskqueueCollector(Collector):
     @property
     def using(self) -> str:
         # Looked up per scrape, so override_settings and a changed DATABASE apply.
-        return self._using or queries.database()
+        return self._using or store.database_alias()
 
     def describe(self) -> Iterator[Metric]:
         # Names without values: registering on a registry that checks for clashes (the

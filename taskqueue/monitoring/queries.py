@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.db import connections
 from django.db.models import Count
 
-from taskqueue.conf import settings as tq_settings
+from taskqueue import store
 from taskqueue.models import (
     READY_STATES,
     UNFINISHED_STATES,
@@ -37,10 +36,9 @@ from taskqueue.models import (
     Task,
     TaskStatus,
     TaskType,
-    Worker,
-    WorkerStatus,
 )
-from taskqueue.store import sql
+from taskqueue.store import task_counts, worker_rows
+from taskqueue.store.task_counts import oldest_due_at
 
 # Over this planner estimate a status is estimated, not counted (PostgreSQL).
 STATUS_EXACT_LIMIT = 10_000
@@ -56,11 +54,6 @@ SAMPLE_LIMIT = 4_000
 ALL_STATUSES: tuple[str, ...] = tuple(TaskStatus.values)
 _READY = tuple(str(status) for status in READY_STATES)
 _UNFINISHED = tuple(str(status) for status in UNFINISHED_STATES)
-
-
-def database() -> str:
-    """The alias holding the queue tables."""
-    return str(tq_settings.DATABASE)
 
 
 @dataclass
@@ -168,26 +161,15 @@ def _merge_oldest(entry: dict[str, Any], group: Group, now: datetime) -> None:
 
 def queue_snapshot(using: str | None = None) -> QueueSnapshot:
     """Counts by status, by task type and by queue, the due work and its oldest task."""
-    using = using or database()
-    if sql.vendor(using) == "postgresql":
+    using = using or store.database_alias()
+    if store.vendor(using) == "postgresql":
         return _postgresql_snapshot(using)
     return _exact_snapshot(using)
 
 
 def _exact_snapshot(using: str) -> QueueSnapshot:
-    now = sql.db_now(using)
-    table = Task._meta.db_table
-    ready = ", ".join(["%s"] * len(_READY))
-    statement = (
-        f"SELECT task_type, queue, status, COUNT(*), "
-        f"SUM(CASE WHEN status IN ({ready}) AND run_at <= %s THEN 1 ELSE 0 END), "
-        f"MIN(CASE WHEN status IN ({ready}) AND run_at <= %s THEN run_at END) "
-        f"FROM {table} GROUP BY task_type, queue, status"
-    )
-    at = connections[using].ops.adapt_datetimefield_value(now)
-    with connections[using].cursor() as cursor:
-        cursor.execute(statement, [*_READY, at, *_READY, at])
-        rows = cursor.fetchall()
+    now = store.db_now(using)
+    rows = task_counts.grouped_counts(using, now)
     by_status = dict.fromkeys(ALL_STATUSES, 0)
     by_type_status: dict[tuple[str, str], int] = defaultdict(int)
     groups: list[Group] = []
@@ -196,7 +178,9 @@ def _exact_snapshot(using: str) -> QueueSnapshot:
         by_type_status[(task_type, status)] += count
         if status in _UNFINISHED:
             groups.append(
-                Group(task_type, queue, status, count, int(due or 0), _as_datetime(oldest))
+                Group(
+                    task_type, queue, status, count, int(due or 0), task_counts.as_datetime(oldest)
+                )
             )
     oldest_values = [g.oldest_due_at for g in groups if g.oldest_due_at is not None]
     return QueueSnapshot(
@@ -208,34 +192,13 @@ def _exact_snapshot(using: str) -> QueueSnapshot:
     )
 
 
-def _as_datetime(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-
-
 def status_estimates(using: str | None = None) -> dict[str, int] | None:
     """PostgreSQL planner estimates of rows per status (None until the table is analyzed).
 
     The row count of the last ANALYZE is scaled to the table's current size, as the
     planner does, then split by the status column's most-common-value frequencies.
     """
-    using = using or database()
-    table = Task._meta.db_table
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT c.reltuples, c.relpages, "
-            "pg_relation_size(c.oid) / current_setting('block_size')::int, "
-            "s.most_common_vals::text::text[], s.most_common_freqs "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "LEFT JOIN pg_stats s ON s.schemaname = n.nspname "
-            "AND s.tablename = c.relname AND s.attname = 'status' "
-            "WHERE c.oid = %s::regclass",
-            [table],
-        )
-        row = cursor.fetchone()
+    row = task_counts.status_statistics(using or store.database_alias())
     if row is None:
         return None
     reltuples, relpages, pages, values, freqs = row
@@ -277,29 +240,8 @@ def _postgresql_snapshot(using: str) -> QueueSnapshot:
 def _capped_counts(using: str, statuses: list[str]) -> tuple[dict[tuple[str, str], int], datetime]:
     """Rows per (task type, status), each counted through the (task_type, status) index up to
     GROUP_EXACT_LIMIT; the task types come from a loose index scan of that index."""
-    table = Task._meta.db_table
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            f"""
-            WITH RECURSIVE types(name) AS (
-                (SELECT task_type FROM {table} ORDER BY task_type LIMIT 1)
-                UNION ALL
-                SELECT (SELECT task_type FROM {table} WHERE task_type > types.name
-                        ORDER BY task_type LIMIT 1)
-                FROM types WHERE types.name IS NOT NULL
-            )
-            SELECT types.name, st.status,
-                   (SELECT count(*) FROM (SELECT 1 FROM {table} t
-                        WHERE t.task_type = types.name AND t.status = st.status
-                        LIMIT %s) capped),
-                   statement_timestamp()
-            FROM types CROSS JOIN unnest(%s::text[]) AS st(status)
-            WHERE types.name IS NOT NULL
-            """,
-            [GROUP_EXACT_LIMIT, statuses],
-        )
-        rows = cursor.fetchall()
-    now = rows[0][3] if rows else sql.db_now(using)
+    rows = task_counts.capped_type_status_counts(using, statuses, GROUP_EXACT_LIMIT)
+    now = rows[0][3] if rows else store.db_now(using)
     return {(name, status): count for name, status, count, _ in rows if count}, now
 
 
@@ -307,22 +249,12 @@ def _small_groups(using: str, keys: list[tuple[str, str]], now: datetime) -> lis
     """Exact (type, queue, status) counts of the groups under the limit."""
     if not keys:
         return []
-    table = Task._meta.db_table
-    pairs = ", ".join(["(%s, %s)"] * len(keys))
-    ready = ", ".join(["%s"] * len(_READY))
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            f"SELECT task_type, queue, status, count(*), "
-            f"count(*) FILTER (WHERE status IN ({ready}) AND run_at <= %s), "
-            f"min(run_at) FILTER (WHERE status IN ({ready}) AND run_at <= %s) "
-            f"FROM {table} WHERE (task_type, status) IN ({pairs}) "
-            "GROUP BY task_type, queue, status",
-            [*_READY, now, *_READY, now, *[value for key in keys for value in key]],
+    return [
+        Group(task_type, queue, status, count, due, oldest)
+        for task_type, queue, status, count, due, oldest in task_counts.group_counts(
+            using, keys, now
         )
-        return [
-            Group(task_type, queue, status, count, due, oldest)
-            for task_type, queue, status, count, due, oldest in cursor.fetchall()
-        ]
+    ]
 
 
 def _sampled_groups(
@@ -333,7 +265,6 @@ def _sampled_groups(
     now: datetime,
 ) -> list[Group]:
     """Split each big status's estimate by type, queue and due from a block sample."""
-    table = Task._meta.db_table
     total = max(1, sum(estimates.values()))
     # Unfinished states matter most (depth, due): aim for about SAMPLE_ROWS rows of the
     # rarest of them, but never read more than SAMPLE_LIMIT rows of the whole table.
@@ -343,14 +274,7 @@ def _sampled_groups(
     percent = min(ceiling, max(0.01, 100.0 * SAMPLE_ROWS / smallest))
     sample: list[tuple[Any, ...]] = []
     for _ in range(3):
-        with connections[using].cursor() as cursor:
-            cursor.execute(
-                f"SELECT task_type, queue, status, count(*), count(*) FILTER (WHERE run_at <= %s) "
-                f"FROM {table} TABLESAMPLE SYSTEM (%s) WHERE status = ANY(%s) "
-                "GROUP BY task_type, queue, status",
-                [now, percent, sorted(big)],
-            )
-            sample = cursor.fetchall()
+        sample = task_counts.sample_groups(using, now, percent, sorted(big))
         if {row[2] for row in sample} >= big or percent >= ceiling:
             break
         percent = min(ceiling, percent * 10)  # an unlucky draw on a small table: read more
@@ -390,72 +314,18 @@ def _sampled_groups(
     return groups
 
 
-def oldest_due_at(
-    using: str | None = None, queue: str | None = None, task_type: str | None = None
-) -> datetime | None:
-    """run_at of the task that has been due the longest (None: nothing due).
-
-    Walks the partial ``due`` index once per priority (a loose index scan) on PostgreSQL;
-    with a queue or type filter each walk reads due rows until the first match.
-    """
-    using = using or database()
-    table = Task._meta.db_table
-    ready = ", ".join(f"'{status}'" for status in _READY)  # constants: match the index
-    filters, params = "", []
-    if queue is not None:
-        filters += " AND queue = %s"
-        params.append(queue)
-    if task_type is not None:
-        filters += " AND task_type = %s"
-        params.append(task_type)
-    with connections[using].cursor() as cursor:
-        if sql.vendor(using) != "postgresql":
-            at = connections[using].ops.adapt_datetimefield_value(sql.db_now(using))
-            cursor.execute(
-                f"SELECT MIN(run_at) FROM {table} WHERE status IN ({ready}) "
-                f"AND run_at <= %s{filters}",
-                [at, *params],
-            )
-            return _as_datetime(cursor.fetchone()[0])
-        cursor.execute(
-            f"""
-            WITH RECURSIVE priorities(p) AS (
-                (SELECT priority FROM {table} WHERE status IN ({ready})
-                 ORDER BY priority DESC LIMIT 1)
-                UNION ALL
-                SELECT (SELECT priority FROM {table} WHERE status IN ({ready})
-                        AND priority < priorities.p ORDER BY priority DESC LIMIT 1)
-                FROM priorities WHERE priorities.p IS NOT NULL
-            )
-            SELECT min(first.run_at) FROM priorities CROSS JOIN LATERAL (
-                SELECT run_at FROM {table} WHERE status IN ({ready})
-                AND priority = priorities.p AND run_at <= statement_timestamp(){filters}
-                ORDER BY priority DESC, run_at LIMIT 1
-            ) first
-            WHERE priorities.p IS NOT NULL
-            """,
-            params,
-        )
-        return _as_datetime(cursor.fetchone()[0])
-
-
 def unreviewed_dead_letters(using: str | None = None) -> int:
     """Dead letters nobody has reviewed and that were not retried since."""
-    using = using or database()
+    using = using or store.database_alias()
     return DeadLetter.objects.using(using).filter(reviewed=False, resolved_at__isnull=True).count()
 
 
 def live_workers(using: str | None = None) -> list[dict[str, Any]]:
-    """Running workers that heartbeated within STALE_AFTER of the database clock, each with
-    the number of tasks it holds (running tasks it claimed)."""
-    using = using or database()
-    now = sql.db_now(using)
-    fresh_since = now - timedelta(seconds=float(tq_settings.STALE_AFTER))
-    workers = list(
-        Worker.objects.using(using)
-        .filter(status=WorkerStatus.RUNNING, last_heartbeat__gte=fresh_since)
-        .order_by("id")
-    )
+    """The live workers (``taskqueue.store.worker_rows.is_live``), each with the number of tasks
+    it holds (running tasks it claimed)."""
+    using = using or store.database_alias()
+    now = store.db_now(using)
+    workers = list(worker_rows.live_workers(using).order_by("id"))
     in_hand = dict(
         Task.objects.using(using)
         .filter(status=TaskStatus.RUNNING, claimed_by__in=[w.id for w in workers])
@@ -484,7 +354,7 @@ def live_workers(using: str | None = None) -> list[dict[str, Any]]:
 
 def open_circuits(using: str | None = None) -> list[dict[str, Any]]:
     """Task types whose circuit breaker is open or probing (half open)."""
-    using = using or database()
+    using = using or store.database_alias()
     types = TaskType.objects.using(using).exclude(circuit_state=CircuitState.CLOSED)
     return [
         {

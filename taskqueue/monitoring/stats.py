@@ -10,9 +10,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Sum
+
+from taskqueue import store
+from taskqueue.models import MetricsTotal
 from taskqueue.monitoring import metrics, queries
 from taskqueue.monitoring.metrics import WindowSummary
 from taskqueue.monitoring.unserved import unserved_work
+from taskqueue.schedules import late_schedules
 
 DEFAULT_WINDOW = 3600
 MIN_WINDOW = 60
@@ -123,10 +128,6 @@ def _outcomes(merged: dict[str, Any]) -> dict[str, Any]:
 
 def _totals_since_start(using: str) -> dict[str, dict[str, int]]:
     """Outcomes per task type since the first worker ran (``MetricsTotal``, all queues)."""
-    from django.db.models import Sum
-
-    from taskqueue.models import MetricsTotal
-
     keys = ("succeeded", "failed", "retried", "dead_lettered", "cancelled", "timed_out")
     rows = (
         MetricsTotal.objects.using(using)
@@ -139,15 +140,13 @@ def _totals_since_start(using: str) -> dict[str, dict[str, int]]:
 
 def collect(window: int = DEFAULT_WINDOW, using: str | None = None) -> dict[str, Any]:
     """The stats as a JSON-ready dict (see the README for every field)."""
-    using = using or queries.database()
+    using = using or store.database_alias()
     snapshot = queries.queue_snapshot(using)
     now: datetime = snapshot.now
     since = now - timedelta(seconds=window)
     summaries = metrics.window_summaries(since, now)
     hour = metrics.per_minute(now - timedelta(hours=1), now)
     workers = queries.live_workers(using)
-    from taskqueue.schedules import late_schedules
-
     late = late_schedules(now)
 
     by_type_summaries: dict[str, list[WindowSummary]] = {}

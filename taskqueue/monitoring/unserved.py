@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from django.db import connections
-
-from taskqueue.models import READY_STATES, Task
+from taskqueue import store
+from taskqueue.models import READY_STATES
 from taskqueue.monitoring.queries import GROUP_EXACT_LIMIT, QueueSnapshot
-from taskqueue.store import sql
+from taskqueue.store import task_counts
 
 QUEUE_NOT_SERVED = "queue_not_served"
 TYPE_NOT_REGISTERED = "type_not_registered"
@@ -80,31 +79,6 @@ def describe(item: dict[str, Any]) -> str:
 def _due_of_types_served_nowhere(using: str, served_types: list[str]) -> dict[tuple[str, str], int]:
     """Due tasks per (type, queue) of the types no live worker serves, each type counted
     through the (task_type, status) index up to GROUP_EXACT_LIMIT (PostgreSQL)."""
-    if sql.vendor(using) != "postgresql":
+    if store.vendor(using) != "postgresql":
         return {}
-    table = Task._meta.db_table
-    ready = ", ".join(f"'{status}'" for status in _READY)  # constants
-    with connections[using].cursor() as cursor:
-        # The task types come from a loose index scan: one index probe per distinct type.
-        cursor.execute(
-            f"""
-            WITH RECURSIVE types(name) AS (
-                (SELECT task_type FROM {table} ORDER BY task_type LIMIT 1)
-                UNION ALL
-                SELECT (SELECT task_type FROM {table} WHERE task_type > types.name
-                        ORDER BY task_type LIMIT 1)
-                FROM types WHERE types.name IS NOT NULL
-            )
-            SELECT types.name, due.queue, count(*)
-            FROM types CROSS JOIN LATERAL (
-                SELECT queue FROM {table} t
-                WHERE t.task_type = types.name AND t.status IN ({ready})
-                AND t.run_at <= statement_timestamp()
-                LIMIT %s
-            ) due
-            WHERE types.name IS NOT NULL AND NOT types.name = ANY(%s::text[])
-            GROUP BY types.name, due.queue
-            """,
-            [GROUP_EXACT_LIMIT, served_types],
-        )
-        return {(name, queue): count for name, queue, count in cursor.fetchall()}
+    return task_counts.due_of_types_served_nowhere(using, served_types, GROUP_EXACT_LIMIT)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from taskqueue import signals
+from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import Severity, emit
 from taskqueue.models import Schedule
 from taskqueue.schedules.cron import CronError, CronSlots
-from taskqueue.store import sql
+from taskqueue.store import schedule_rows
 
 logger = logging.getLogger("taskqueue.schedules")
 
@@ -66,9 +66,9 @@ def success_due_at(schedule: Schedule) -> datetime | None:
 
 def late_schedules(now: datetime | None = None) -> list[LateSchedule]:
     """The enabled schedules whose next success is overdue at ``now`` (default: database clock)."""
-    using = tq_settings.DATABASE
+    using = store.database_alias()
     if now is None:
-        now = sql.db_now(using)
+        now = store.db_now(using)
     late: list[LateSchedule] = []
     for schedule in Schedule.objects.using(using).filter(enabled=True).order_by("name"):
         due_at = success_due_at(schedule)
@@ -94,20 +94,14 @@ def report_late_schedules(now: datetime | None = None) -> list[LateSchedule]:
     Safe on every worker at once: marking ``late_since`` is a compare-and-set from NULL,
     and only the worker whose update matched reports.
     """
-    using = tq_settings.DATABASE
     if now is None:
-        now = sql.db_now(using)
+        now = store.db_now(store.database_alias())
     late = late_schedules(now)
     reported: list[LateSchedule] = []
     for item in late:
         if item.late_since is not None:
             continue
-        marked = (
-            Schedule.objects.using(using)
-            .filter(pk=item.id, late_since__isnull=True)
-            .update(late_since=now)
-        )
-        if not marked:
+        if not schedule_rows.mark_late(item.id, now):
             continue
         message = (
             f"schedule {item.name!r} is late: its next success was due by "
@@ -126,12 +120,5 @@ def report_late_schedules(now: datetime | None = None) -> list[LateSchedule]:
         reported.append(item)
     # An episode also ends when the schedule stops being late without a success (paused,
     # or its cron or grace changed), so a later lapse is reported again.
-    ended = (
-        Schedule.objects.using(using)
-        .filter(late_since__isnull=False)
-        .exclude(pk__in=[item.id for item in late])
-    )
-    # Read first: on SQLite even an UPDATE that matches nothing takes the write lock.
-    if ended.exists():
-        ended.update(late_since=None)
+    schedule_rows.end_late_episodes(item.id for item in late)
     return reported

@@ -14,15 +14,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
-from django.db.models.functions import Now
-
+from taskqueue import store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.models import Schedule, ScheduleSource
 from taskqueue.schedules.cron import CronSlots
 from taskqueue.schedules.declarations import declared_schedules
 from taskqueue.schedules.definitions import ScheduleDeclaration
-from taskqueue.store import sql
+from taskqueue.store import schedule_rows
 
 logger = logging.getLogger("taskqueue.schedules")
 
@@ -41,18 +39,18 @@ class SyncResult:
 
 def sync_schedules(now: datetime | None = None) -> SyncResult:
     """Upsert declared schedules, delete undeclared code/settings ones; return what changed."""
-    using = tq_settings.DATABASE
+    using = store.database_alias()
     declared, problems = declared_schedules(tq_settings.SCHEDULES)
     result = SyncResult(problems=problems)
     for name, problem in problems:
         logger.error("schedule %s not synced: %s", repr(name) if name else "", problem)
     if now is None:
-        now = sql.db_now(using)
+        now = store.db_now(using)
     existing = {row.name: row for row in Schedule.objects.using(using).all()}
     for declaration in declared:
         row = existing.get(declaration.name)
         if row is None:
-            if _create(declaration, now, using):
+            if _create(declaration, now):
                 result.created.append(declaration.name)
         elif row.source == ScheduleSource.ADMIN:
             logger.warning(
@@ -62,35 +60,30 @@ def sync_schedules(now: datetime | None = None) -> SyncResult:
                 declaration.origin,
             )
             result.clashing.append(declaration.name)
-        elif _update(row, declaration, now, using):
+        elif _update(row, declaration, now):
             result.updated.append(declaration.name)
     names = {declaration.name for declaration in declared}
     undeclared = [
         row for row in existing.values() if row.source in DECLARED_SOURCES and row.name not in names
     ]
     if undeclared:
-        Schedule.objects.using(using).filter(pk__in=[row.pk for row in undeclared]).delete()
+        schedule_rows.delete_undeclared(row.pk for row in undeclared)
         result.deleted = sorted(row.name for row in undeclared)
         logger.info("deleted schedules no longer declared: %s", ", ".join(result.deleted))
     return result
 
 
-def _create(declaration: ScheduleDeclaration, now: datetime, using: str) -> bool:
+def _create(declaration: ScheduleDeclaration, now: datetime) -> bool:
     row = Schedule(
         name=declaration.name,
         enabled=declaration.enabled,
         next_run_at=CronSlots(declaration.cron, declaration.timezone).next_after(now),
         **declaration.definition(),
     )
-    try:
-        with transaction.atomic(using=using):
-            row.save(force_insert=True, using=using)
-    except IntegrityError:
-        return False  # a worker starting at the same moment created it first
-    return True
+    return schedule_rows.create_declared(row)
 
 
-def _update(row: Schedule, declaration: ScheduleDeclaration, now: datetime, using: str) -> bool:
+def _update(row: Schedule, declaration: ScheduleDeclaration, now: datetime) -> bool:
     changes = {
         column: value
         for column, value in declaration.definition().items()
@@ -102,6 +95,6 @@ def _update(row: Schedule, declaration: ScheduleDeclaration, now: datetime, usin
         changes["next_run_at"] = CronSlots(declaration.cron, declaration.timezone).next_after(now)
     if not changes:
         return False
-    Schedule.objects.using(using).filter(pk=row.pk).update(updated_at=Now(), **changes)
+    schedule_rows.update_declared(row.pk, changes)
     logger.info("schedule %r updated from %s: %s", row.name, declaration.origin, sorted(changes))
     return True

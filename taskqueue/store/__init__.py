@@ -9,7 +9,6 @@ owns the task now, and the write is dropped and logged.
 
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
-from taskqueue.store.flow import pause_task_types, reset_circuits, resume_task_types
 from taskqueue.store.rescue import RescueResult, rescue_own_tasks, rescue_stale_tasks
 from taskqueue.store.retention import (
     PRUNE_KINDS,
@@ -31,12 +30,19 @@ from taskqueue.store.running import (
     retry_later,
     save_progress,
 )
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store.sql import ClaimedTask, db_now, vendor
+from taskqueue.store.task_type_rows import (
+    ensure_task_types,
+    pause_task_types,
+    reset_circuits,
+    resume_task_types,
+)
 from taskqueue.store.triage import (
     RequeueResult,
     cancel,
     cancel_tasks,
     delete_tasks,
+    edit_dead_letter_note,
     mark_reviewed,
     requeue_dead,
 )
@@ -59,12 +65,15 @@ __all__ = [
     "complete_tasks",
     "count_prunable",
     "database_alias",
+    "db_now",
     "dead_letter",
     "delete_prunable_batch",
     "delete_tasks",
+    "edit_dead_letter_note",
     "emit_for",
     "enqueue",
     "enqueue_many",
+    "ensure_task_types",
     "fail_attempt",
     "is_cancel_requested",
     "mark_reviewed",
@@ -78,4 +87,5 @@ __all__ = [
     "retry_later",
     "save_progress",
     "sweep_waiting_tasks",
+    "vendor",
 ]

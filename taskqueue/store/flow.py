@@ -4,6 +4,9 @@ circuit breaker.
 Every control lives on the type's ``TaskType`` row, so it holds across all workers on all
 machines. The main claim skips every type under control; ``claim_gated`` claims such a type
 under its row lock, at most as many tasks as its limits allow at that moment.
+
+This module decides (how many to claim, when a circuit opens or closes); the rows are
+written by ``taskqueue.store.task_type_rows``.
 """
 
 from __future__ import annotations
@@ -13,20 +16,15 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db.models import Q
 
-from taskqueue import signals
 from taskqueue.core.registry import RATE_PATTERN, CircuitBreaker, registry
-from taskqueue.core.retry import DEFAULT_STRATEGY
-from taskqueue.events import Severity, emit
 from taskqueue.exceptions import InvalidTaskOption
-from taskqueue.models import READY_STATES, CircuitState, Task, TaskStatus, TaskType
-from taskqueue.store import sql
+from taskqueue.models import CircuitState, Task, TaskStatus, TaskType
+from taskqueue.store import sql, task_type_rows
 from taskqueue.store.common import database_alias
 from taskqueue.store.sql import ClaimedTask
 
@@ -163,7 +161,7 @@ def _claim_locked(
         # that was lost or released leaves nothing running, and the next claim probes again.
         running = _running_count(using, task_type)
         if running:
-            _save(using, task_type, changes)
+            task_type_rows.save_claim_controls(using, task_type, changes)
             return GatedClaim([])
         allowed = 1
     if controls["concurrency_limit"] is not None:
@@ -182,7 +180,7 @@ def _claim_locked(
         changes.update(rate_tokens=tokens, rate_updated_at=now)
         if tokens + TOKEN_EPSILON < 1:
             retry_after = (1 - tokens) / per_second
-    _save(using, task_type, changes)
+    task_type_rows.save_claim_controls(using, task_type, changes)
     if state == CircuitState.HALF_OPEN and claimed:
         logger.info(
             "circuit of %s is half open: task %s probes it",
@@ -199,21 +197,16 @@ def _running_count(using: str, task_type: str) -> int:
     return Task.objects.using(using).filter(task_type=task_type, status=TaskStatus.RUNNING).count()
 
 
-def _save(using: str, task_type: str, changes: dict[str, Any]) -> None:
-    if changes:
-        TaskType.objects.using(using).filter(name=task_type).update(**changes)
+# --- the circuit breaker: when it opens and closes ---------------------------------------------
 
 
-# --- the circuit breaker -----------------------------------------------------------------------
-
-
-def record_successes(using: str, task_types: list[str]) -> None:
-    """Close or reset the circuit breakers of ``task_types`` after successes.
+def record_successes(using: str, task_types_done: list[str]) -> None:
+    """Close or reset the circuit breakers of ``task_types_done`` after successes.
 
     Called after each completion (in the handler's transaction for atomic handlers). Types
     without a breaker cost nothing.
     """
-    watched = [name for name in task_types if breaker_of(name) is not None]
+    watched = [name for name in task_types_done if breaker_of(name) is not None]
     if not watched:
         return
     # Usually closed with no failures: one indexed read finds nothing to do.
@@ -225,24 +218,11 @@ def record_successes(using: str, task_types: list[str]) -> None:
     )
     for name, state in rows:
         if state == CircuitState.CLOSED:
-            TaskType.objects.using(using).filter(
-                name=name, circuit_state=CircuitState.CLOSED
-            ).update(consecutive_failures=0)
-            continue
-        # Guarded: when two workers' successes race, one closes it and announces it.
-        closed = (
-            TaskType.objects.using(using)
-            .filter(name=name)
-            .exclude(circuit_state=CircuitState.CLOSED)
-            .update(
-                circuit_state=CircuitState.CLOSED,
-                circuit_opened_at=None,
-                consecutive_failures=0,
-                updated_at=Now(),
+            task_type_rows.forget_failures(using, name)
+        elif task_type_rows.close_circuit(using, name):
+            task_type_rows.announce_circuit(
+                using, name, opened=False, message=f"circuit of {name} closed: a task succeeded"
             )
-        )
-        if closed:
-            _announce_closed(using, name, f"circuit of {name} closed: a task succeeded")
 
 
 def record_failure(using: str, task_type: str) -> None:
@@ -253,13 +233,10 @@ def record_failure(using: str, task_type: str) -> None:
     breaker = breaker_of(task_type)
     if breaker is None:
         return
-    types = TaskType.objects.using(using).filter(name=task_type)
-    # The increment locks the row, so the read below and the decision are this failure's.
-    if not types.update(consecutive_failures=F("consecutive_failures") + 1):
+    counted = task_type_rows.count_failure(using, task_type)
+    if counted is None:
         return
-    failures, state, threshold = types.values_list(
-        "consecutive_failures", "circuit_state", "circuit_threshold"
-    ).get()
+    failures, state, threshold = counted
     threshold = threshold or breaker.failures
     if state == CircuitState.HALF_OPEN:
         reason = f"circuit of {task_type} opened again: its probe failed"
@@ -267,140 +244,5 @@ def record_failure(using: str, task_type: str) -> None:
         reason = f"circuit of {task_type} opened after {failures} failures in a row"
     else:
         return  # still under the threshold, or already open
-    types.update(circuit_state=CircuitState.OPEN, circuit_opened_at=Now(), updated_at=Now())
-    transaction.on_commit(
-        partial(_announce, signals.circuit_opened, task_type, reason), using=using
-    )
-
-
-def _announce_closed(using: str, task_type: str, message: str) -> None:
-    transaction.on_commit(
-        partial(_announce, signals.circuit_closed, task_type, message), using=using
-    )
-
-
-def _announce(signal: Any, task_type: str, message: str) -> None:
-    # Logged by the taskqueue.lifecycle receiver, like every event.
-    opened = signal is signals.circuit_opened
-    emit(
-        signal,
-        name="circuit_opened" if opened else "circuit_closed",
-        severity=Severity.WARNING if opened else Severity.INFO,
-        task_type=task_type,
-        message=message,
-    )
-
-
-# --- pause, resume, reset (admin and commands) -------------------------------------------------
-
-
-def ensure_task_types(names: Iterable[str]) -> list[str]:
-    """Create the missing TaskType rows of registered ``names``.
-
-    Returns the names unknown both to the database and to this process's registry; when
-    there are any, nothing is created.
-    """
-    using = database_alias()
-    names = list(dict.fromkeys(names))
-    existing = set(
-        TaskType.objects.using(using).filter(name__in=names).values_list("name", flat=True)
-    )
-    unknown = [name for name in names if name not in existing and name not in registry]
-    if unknown:
-        return unknown
-    for name in names:
-        if name in existing:
-            continue
-        spec = registry.get(name)
-        breaker = spec.circuit_breaker
-        # Workers overwrite these at start-up; a row made here is one no worker has served.
-        TaskType.objects.using(using).get_or_create(
-            name=name,
-            defaults={
-                "description": spec.description,
-                "critical": spec.critical,
-                "default_queue": spec.queue,
-                "default_priority": spec.priority,
-                "default_max_attempts": spec.max_attempts,
-                "default_retry": (spec.retry or DEFAULT_STRATEGY).to_dict(),
-                "default_timeout": spec.timeout,
-                "rate_limit": spec.rate_limit or "",
-                "concurrency_limit": spec.concurrency_limit,
-                "circuit_threshold": breaker.failures if breaker else None,
-                "circuit_cooldown": breaker.cooldown if breaker else None,
-            },
-        )
-    return []
-
-
-def pause_task_types(names: Iterable[str]) -> list[str]:
-    """Stop claiming tasks of ``names`` (claimed ones finish); return the names paused now."""
-    using = database_alias()
-    with transaction.atomic(using=using):
-        paused = _names_where(using, names, paused=False)
-        TaskType.objects.using(using).filter(name__in=paused).update(paused=True, updated_at=Now())
-    for name in paused:
-        logger.info("task type %s paused", name, extra={"task_type": name})
-    return paused
-
-
-def resume_task_types(names: Iterable[str]) -> list[str]:
-    """Let tasks of paused ``names`` be claimed again; return the names resumed now."""
-    using = database_alias()
-    with transaction.atomic(using=using):
-        resumed = _names_where(using, names, paused=True)
-        TaskType.objects.using(using).filter(name__in=resumed).update(
-            paused=False, updated_at=Now()
-        )
-        _wake_workers_for(using, resumed)
-    for name in resumed:
-        logger.info("task type %s resumed", name, extra={"task_type": name})
-    return resumed
-
-
-def reset_circuits(names: Iterable[str]) -> list[str]:
-    """Close the circuits of ``names`` and forget their failures; return the names whose
-    circuit was not closed before."""
-    using = database_alias()
-    names = list(names)
-    with transaction.atomic(using=using):
-        reopened = list(
-            TaskType.objects.using(using)
-            .filter(name__in=names)
-            .exclude(circuit_state=CircuitState.CLOSED)
-            .order_by("name")
-            .values_list("name", flat=True)
-        )
-        TaskType.objects.using(using).filter(name__in=names).update(
-            circuit_state=CircuitState.CLOSED,
-            circuit_opened_at=None,
-            consecutive_failures=0,
-            updated_at=Now(),
-        )
-        for name in reopened:
-            _announce_closed(using, name, f"circuit of {name} closed: reset by hand")
-        _wake_workers_for(using, reopened)
-    return reopened
-
-
-def _names_where(using: str, names: Iterable[str], **conditions: Any) -> list[str]:
-    return list(
-        TaskType.objects.using(using)
-        .filter(name__in=list(names), **conditions)
-        .order_by("name")
-        .values_list("name", flat=True)
-    )
-
-
-def _wake_workers_for(using: str, names: list[str]) -> None:
-    """NOTIFY the queues holding ready tasks of ``names``, so workers claim them at once."""
-    if not names or sql.vendor(using) != "postgresql":
-        return
-    queues = set(
-        Task.objects.using(using)
-        .filter(task_type__in=names, status__in=READY_STATES)
-        .order_by()
-        .values_list("queue", flat=True)
-        .distinct()
-    )
-    sql.notify(using, queues)
+    task_type_rows.open_circuit(using, task_type)
+    task_type_rows.announce_circuit(using, task_type, opened=True, message=reason)

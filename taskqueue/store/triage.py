@@ -193,3 +193,8 @@ def mark_reviewed(dead_letter_ids: Iterable[int], user: Any, note: str = "") -> 
         .filter(id__in=list(dead_letter_ids), reviewed=False)
         .update(**fields)
     )
+
+
+def edit_dead_letter_note(dead_letter_id: int, note: str) -> None:
+    """Keep the note a person wrote on a dead letter (the admin's one editable field)."""
+    DeadLetter.objects.using(database_alias()).filter(id=dead_letter_id).update(note=note)

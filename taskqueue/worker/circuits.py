@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Collection
 
 from taskqueue.models import CircuitState, TaskType
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 from taskqueue.worker.pools.backlog import has_breaker
 from taskqueue.worker.pools.base import HandlerPool
 

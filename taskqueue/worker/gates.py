@@ -11,8 +11,7 @@ import threading
 import time
 
 from taskqueue.core.registry import registry
-from taskqueue.store import flow
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask, flow
 
 # How long the list of gated types is trusted. Every gated claim re-reads the type's
 # controls under its lock, so a stale list only delays a newly gated type's first claim

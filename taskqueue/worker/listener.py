@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from django.db import connections
 
-from taskqueue.store.sql import NOTIFY_CHANNEL
+from taskqueue.store import notifications
 
 logger = logging.getLogger("taskqueue.worker.listener")
 
@@ -46,15 +46,12 @@ class ListenerThread(threading.Thread):
             connections[self.using].close()
 
     def _listen(self) -> None:
-        connection = connections[self.using]
-        connection.ensure_connection()
-        raw = connection.connection
-        raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        notifications.listen(self.using)
         self.listening.set()
         self.wake()
         while not self.stopped.is_set():
-            for notification in raw.notifies(timeout=0.5):
-                if notification.payload in self.queues:
+            for queue in notifications.notified_queues(self.using, timeout=0.5):
+                if queue in self.queues:
                     self.wake()
 
     def stop(self) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from taskqueue import store
 from taskqueue.core.registry import registry
-from taskqueue.store import flow
 
 
 class TaskTypesCommand(BaseCommand):
@@ -23,7 +23,7 @@ class TaskTypesCommand(BaseCommand):
 
     def handle(self, *args: Any, task_types: list[str], **options: Any) -> None:
         names = list(dict.fromkeys(task_types))
-        unknown = flow.ensure_task_types(names)
+        unknown = store.ensure_task_types(names)
         if unknown:
             known = ", ".join(registry.names()) or "none"
             raise CommandError(
@@ -43,6 +43,6 @@ class Command(TaskTypesCommand):
         "Pause task types: workers claim none of their tasks until resumed. Tasks already "
         "claimed finish; paused tasks wait without spending attempts."
     )
-    verb = staticmethod(flow.pause_task_types)
+    verb = staticmethod(store.pause_task_types)
     done = "Paused"
     unchanged = "already paused"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from taskqueue import store
 from taskqueue.management.commands.taskqueue_pause import TaskTypesCommand
-from taskqueue.store import flow
 
 
 class Command(TaskTypesCommand):
     help = "Resume paused task types: workers claim their waiting tasks again."
-    verb = staticmethod(flow.resume_task_types)
+    verb = staticmethod(store.resume_task_types)
     done = "Resumed"
     unchanged = "not paused"
