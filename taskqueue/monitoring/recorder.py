@@ -26,11 +26,11 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.db.utils import InterfaceError, OperationalError
 
-from taskqueue.models import AttemptOutcome, MetricsMinute, MetricsTotal, TaskStatus
+from taskqueue.models import MetricsMinute, MetricsTotal, TaskStatus
 from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
 from taskqueue.store import sql
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import CANCELLED, COMMITTED, DEAD, RETRY, SUCCEEDED, Outcome
+from taskqueue.store.transitions import Transition
 
 logger = logging.getLogger("taskqueue.monitoring.recorder")
 
@@ -71,6 +71,11 @@ class Counts:
         self.run_histogram = merge_histograms(self.run_histogram, other.run_histogram)
         self.wait_histogram = merge_histograms(self.wait_histogram, other.wait_histogram)
 
+    def add_status(self, status: str) -> None:
+        """Count one task that ended (this attempt) in ``status``."""
+        for name in COUNTED_AS[status]:
+            setattr(self, name, getattr(self, name) + 1)
+
     def ran(self, seconds: float) -> None:
         self.run_seconds += seconds
         self.run_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
@@ -89,11 +94,19 @@ def merge_histograms(stored: Iterable[int] | None, delta: Iterable[int]) -> list
     return [a + b for a, b in zip(left, right, strict=True)]
 
 
+# The counters one task's new status adds to: a failed attempt is retried or dead-lettered.
+COUNTED_AS: dict[str, tuple[str, ...]] = {
+    TaskStatus.COMPLETED: ("succeeded",),
+    TaskStatus.CANCELLED: ("cancelled",),
+    TaskStatus.RETRYING: ("failed", "retried"),
+    TaskStatus.FAILED: ("failed", "dead_lettered"),
+}
+
 # (minute number since the epoch, task type, queue)
 Key = tuple[int, str, str]
 
 
-class Recorder:
+class MetricsRecorder:
     """One worker's outcome counters (thread-safe: counted on one thread, flushed on another)."""
 
     def __init__(self, worker_id: str, using: str) -> None:
@@ -122,47 +135,26 @@ class Recorder:
             counts = self.pending[key] = Counts()
         return counts
 
-    def count_finished(self, task: ClaimedTask, outcome: Outcome) -> None:
-        """Count one outcome the worker has written, the way it is announced."""
-        kind = outcome.kind
+    def count(self, transition: Transition) -> None:
+        """Count one written transition the way it is announced (nothing if fenced out)."""
+        if transition.status is None:
+            return
+        task = transition.task
         wait = _wait_seconds(task)
         with self.lock:
             counts = self._counts(task)
-            if kind == SUCCEEDED or kind == COMMITTED:
-                counts.succeeded += 1
-            elif kind == CANCELLED:
-                counts.cancelled += 1
-            else:
-                counts.failed += 1
-                if kind == RETRY:
-                    counts.retried += 1
-                elif kind == DEAD:
-                    counts.dead_lettered += 1
-                if outcome.attempt_outcome == AttemptOutcome.TIMED_OUT:
-                    counts.timed_out += 1
-            # A task withdrawn before it started (cancelled, duration 0) never ran.
-            if kind != CANCELLED or outcome.duration > 0:
-                counts.ran(outcome.duration)
+            counts.add_status(transition.status)
+            if transition.failed and transition.timed_out:
+                counts.timed_out += 1
+            if transition.ran:
+                counts.ran(transition.duration or 0.0)
             if wait is not None:
                 counts.waited(wait)
 
-    def count_rescued(self, outcomes: Iterable[tuple[ClaimedTask, str]]) -> None:
-        """Count the tasks a rescue took back from a dead worker: each a failed attempt
-        (retried or dead-lettered), or a cancellation. How long they ran is unknown."""
-        for task, status in outcomes:
-            wait = _wait_seconds(task)
-            with self.lock:
-                counts = self._counts(task)
-                if status == TaskStatus.CANCELLED:
-                    counts.cancelled += 1
-                else:
-                    counts.failed += 1
-                    if status == TaskStatus.FAILED:
-                        counts.dead_lettered += 1
-                    else:
-                        counts.retried += 1
-                if wait is not None:
-                    counts.waited(wait)
+    def count_all(self, transitions: Iterable[Transition]) -> None:
+        """Count many transitions (a rescue's: how long those tasks ran is unknown)."""
+        for transition in transitions:
+            self.count(transition)
 
     def take(self) -> dict[Key, Counts]:
         with self.lock:
@@ -280,7 +272,7 @@ def _wait_seconds(task: ClaimedTask) -> float | None:
     return max((task.started_at - task.run_at).total_seconds(), 0.0)
 
 
-def flush_at_stop(recorder: Recorder) -> None:
+def flush_at_stop(recorder: MetricsRecorder) -> None:
     """The last flush of a stopping worker: a short outage is waited out, a long one loses
     the counts of the last seconds (logged), never the worker's exit."""
     for attempt in range(3):

@@ -24,7 +24,6 @@ from taskqueue.store.running import (
     complete_one,
     complete_tasks,
     dead_letter,
-    emit_for,
     fail_attempt,
     is_cancel_requested,
     release_tasks,
@@ -32,6 +31,7 @@ from taskqueue.store.running import (
     save_progress,
 )
 from taskqueue.store.sql import ClaimedTask
+from taskqueue.store.transitions import Transition, announce, emit_for
 from taskqueue.store.triage import (
     RequeueResult,
     cancel,
@@ -47,6 +47,8 @@ __all__ = [
     "Cutoffs",
     "RequeueResult",
     "RescueResult",
+    "Transition",
+    "announce",
     "build_task",
     "cancel",
     "cancel_claimed",
