@@ -19,16 +19,14 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-from django.db import IntegrityError, connections, transaction
-from django.db.models import F
-from django.db.models.functions import Now
+from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
 
-from taskqueue.models import MetricsMinute, MetricsTotal, TaskStatus
+from taskqueue.models import TaskStatus
 from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
 from taskqueue.store import sql
+from taskqueue.store.metrics import MinuteKey, add_counts, merge_histograms
 from taskqueue.store.sql import ClaimedTask
 from taskqueue.store.transitions import Transition
 
@@ -85,15 +83,6 @@ class Counts:
         self.wait_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
 
 
-def merge_histograms(stored: Iterable[int] | None, delta: Iterable[int]) -> list[int]:
-    """Element-wise sum; a stored histogram that is empty (a new row) counts as zeros."""
-    left, right = list(stored or ()), list(delta)
-    size = max(len(left), len(right))
-    left += [0] * (size - len(left))
-    right += [0] * (size - len(right))
-    return [a + b for a, b in zip(left, right, strict=True)]
-
-
 # The counters one task's new status adds to: a failed attempt is retried or dead-lettered.
 COUNTED_AS: dict[str, tuple[str, ...]] = {
     TaskStatus.COMPLETED: ("succeeded",),
@@ -102,9 +91,6 @@ COUNTED_AS: dict[str, tuple[str, ...]] = {
     TaskStatus.FAILED: ("failed", "dead_lettered"),
 }
 
-# (minute number since the epoch, task type, queue)
-Key = tuple[int, str, str]
-
 
 class MetricsRecorder:
     """One worker's outcome counters (thread-safe: counted on one thread, flushed on another)."""
@@ -112,7 +98,7 @@ class MetricsRecorder:
     def __init__(self, worker_id: str, using: str) -> None:
         self.worker_id = worker_id
         self.using = using
-        self.pending: dict[Key, Counts] = {}
+        self.pending: dict[MinuteKey, Counts] = {}
         self.lock = threading.Lock()  # guards ``pending``
         self.flush_lock = threading.Lock()  # one flush at a time (duty thread, worker stop)
         # Database clock (seconds since the epoch) minus time.monotonic().
@@ -156,12 +142,12 @@ class MetricsRecorder:
         for transition in transitions:
             self.count(transition)
 
-    def take(self) -> dict[Key, Counts]:
+    def take(self) -> dict[MinuteKey, Counts]:
         with self.lock:
             taken, self.pending = self.pending, {}
         return taken
 
-    def give_back(self, taken: dict[Key, Counts]) -> None:
+    def give_back(self, taken: dict[MinuteKey, Counts]) -> None:
         """Put counts whose write failed back, merged with those counted since."""
         with self.lock:
             for key, counts in taken.items():
@@ -192,65 +178,15 @@ class MetricsRecorder:
                 logger.debug("could not read the database clock", exc_info=True)
             return len(taken)
 
-    def _write(self, taken: dict[Key, Counts]) -> None:
+    def _write(self, taken: dict[MinuteKey, Counts]) -> None:
         totals: dict[tuple[str, str], Counts] = {}
         for (_, task_type, queue), counts in taken.items():
             totals.setdefault((task_type, queue), Counts()).add(counts)
-        with transaction.atomic(using=self.using):
-            # Sorted: two workers flushing at once lock the shared total rows in one order.
-            for key in sorted(taken):
-                self._add_to_minute(key, taken[key])
-            for key in sorted(totals):
-                self._add_to_total(key, totals[key])
-
-    def _add_to_minute(self, key: Key, counts: Counts) -> None:
-        minute, task_type, queue = key
-        lookup = {
-            "minute": datetime.fromtimestamp(minute * 60, tz=UTC),
-            "worker_id": self.worker_id,
-            "task_type": task_type,
-            "queue": queue,
-        }
-        rows = MetricsMinute.objects.using(self.using)
-        row = rows.select_for_update().filter(**lookup).first()
-        if row is None:
-            try:
-                # A savepoint: a row created meanwhile (a previous process of this worker
-                # id) must not spoil the whole flush.
-                with transaction.atomic(using=self.using):
-                    rows.create(**lookup, **_values(counts, wait=True))
-                return
-            except IntegrityError:
-                row = rows.select_for_update().get(**lookup)
-        for name in COUNTERS:
-            setattr(row, name, getattr(row, name) + getattr(counts, name))
-        row.run_seconds += counts.run_seconds
-        row.wait_seconds += counts.wait_seconds
-        row.run_histogram = merge_histograms(row.run_histogram, counts.run_histogram)
-        row.wait_histogram = merge_histograms(row.wait_histogram, counts.wait_histogram)
-        row.save(using=self.using)
-
-    def _add_to_total(self, key: tuple[str, str], counts: Counts) -> None:
-        task_type, queue = key
-        rows = MetricsTotal.objects.using(self.using).filter(task_type=task_type, queue=queue)
-        # Locked first: the histogram is merged in Python, so no other flush may change it
-        # between this read and the write below.
-        histogram = rows.select_for_update().values_list("run_histogram", flat=True).first()
-        if histogram is None:
-            try:
-                with transaction.atomic(using=self.using):
-                    MetricsTotal.objects.using(self.using).create(
-                        task_type=task_type, queue=queue, **_values(counts, wait=False)
-                    )
-                return
-            except IntegrityError:
-                # Another worker created it first; its row lock now orders us after it.
-                histogram = rows.select_for_update().values_list("run_histogram", flat=True).get()
-        rows.update(
-            **{name: F(name) + getattr(counts, name) for name in COUNTERS},
-            run_seconds=F("run_seconds") + counts.run_seconds,
-            run_histogram=merge_histograms(histogram, counts.run_histogram),
-            updated_at=Now(),
+        add_counts(
+            self.using,
+            self.worker_id,
+            {key: _values(counts, wait=True) for key, counts in taken.items()},
+            {key: _values(counts, wait=False) for key, counts in totals.items()},
         )
 
 

@@ -146,7 +146,7 @@ class WorkerLoop:
     def _start(self, side_threads: list[DutyThread | ListenerThread]) -> None:
         worker_id = self.config.worker_id
         # Events for the live stream wait in memory; the duty thread writes them in bulk.
-        event_stream.recorder.start_buffering()
+        event_stream.event_buffer.start_buffering()
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
         self.recorder.sync_clock()
         self.recorder.count_all(store.rescue_own_tasks(worker_id, random.Random()).transitions)
