@@ -11,9 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 import taskqueue
 from taskqueue import store
+from taskqueue.core.outcome import OutcomeKind
 from taskqueue.core.registry import build_spec
 from taskqueue.models import Task, TaskStatus, Worker, WorkerStatus
-from taskqueue.worker.executor import COMMITTED, LOST, AsyncRunner, execute
+from taskqueue.worker.executor import AsyncRunner, execute
 from tests.conftest import finish_worker, wait_for
 from tests.testapp.models import LedgerEntry
 
@@ -28,7 +29,7 @@ def _run_in_process(task_id) -> str:
 
 def test_atomic_handler_commits_its_effect_and_completion_together() -> None:
     task = taskqueue.enqueue("atomic_ledger", {"n": 7})
-    assert _run_in_process(task.id) == COMMITTED
+    assert _run_in_process(task.id) == OutcomeKind.COMMITTED
     task.refresh_from_db()
     assert (task.status, task.result) == (TaskStatus.COMPLETED, 7)
     assert list(LedgerEntry.objects.values_list("n", flat=True)) == [7]
@@ -47,7 +48,7 @@ def test_a_lost_claim_rolls_back_the_handlers_effect() -> None:
     (claimed,) = store.claim_due_tasks("frozen", ["default"], 1)
     store.release_tasks([claimed])  # what a rescue does to a frozen worker's claim
     outcome, _ = execute(claimed, "frozen", AsyncRunner(), random.Random(0))
-    assert outcome.kind == LOST
+    assert outcome.kind == OutcomeKind.LOST
     assert not LedgerEntry.objects.exists()
     task.refresh_from_db()
     assert task.status == TaskStatus.PENDING

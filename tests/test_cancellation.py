@@ -16,10 +16,11 @@ from django.db import connections, transaction
 
 import taskqueue
 from taskqueue import signals, store
+from taskqueue.core.outcome import Outcome, OutcomeKind
 from taskqueue.events import TaskEvent
 from taskqueue.models import DeadLetter, Task, TaskAttempt, TaskStatus
+from taskqueue.store.transitions import Transition
 from taskqueue.worker import outcomes
-from taskqueue.worker.executor import CANCELLED, DEAD, RETRY, Outcome
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import TaskFactory, claim, past
 from tests.testapp.models import Counter, LedgerEntry
@@ -195,7 +196,7 @@ def test_a_cancel_racing_a_completion_never_undoes_it() -> None:
 # --- recording and announcing a cancelled outcome (the worker's main thread) ----------------
 
 
-def recorded(item: outcomes.Finished) -> tuple[list[outcomes.Finished], list[TaskEvent]]:
+def recorded(item: outcomes.Finished) -> tuple[list[Transition], list[TaskEvent]]:
     """Record one finished task as the worker does; return what was written and announced."""
     events: list[TaskEvent] = []
 
@@ -205,12 +206,12 @@ def recorded(item: outcomes.Finished) -> tuple[list[outcomes.Finished], list[Tas
     for sig in (signals.task_cancelled, signals.task_failed, signals.task_retry_scheduled):
         sig.connect(receiver, weak=False)
     try:
-        written: list[outcomes.Finished] = []
-        dropped: list[outcomes.Finished] = []
+        written: list[Transition] = []
+        dropped: list[Transition] = []
         outcomes.record([item], written, dropped, WORKER)
         assert not dropped
         for finished in written:
-            outcomes.announce(finished, WORKER)
+            store.announce(finished)
     finally:
         for sig in (signals.task_cancelled, signals.task_failed, signals.task_retry_scheduled):
             sig.disconnect(receiver)
@@ -220,9 +221,11 @@ def recorded(item: outcomes.Finished) -> tuple[list[outcomes.Finished], list[Tas
 def test_a_retry_raised_after_a_cancel_request_is_announced_as_cancelled() -> None:
     claimed = claimed_task()
     taskqueue.cancel(claimed.id)
-    outcome = Outcome(RETRY, 0.5, error_type="taskqueue.exceptions.Retry", error="asked to stop")
+    outcome = Outcome(
+        OutcomeKind.RETRY, 0.5, error_type="taskqueue.exceptions.Retry", error="asked to stop"
+    )
     written, events = recorded(outcomes.Finished(claimed, outcome, None))
-    assert [item.outcome.kind for item in written] == [CANCELLED]
+    assert [transition.status for transition in written] == [TaskStatus.CANCELLED]
     reason = (
         "cancelled while running: after the cancel request the handler ended with "
         "taskqueue.exceptions.Retry: asked to stop"
@@ -234,7 +237,9 @@ def test_a_retry_raised_after_a_cancel_request_is_announced_as_cancelled() -> No
 def test_a_stopped_task_is_recorded_cancelled_and_announced() -> None:
     claimed = claimed_task()
     taskqueue.cancel(claimed.id)
-    outcome = Outcome(CANCELLED, 2.0, error_type="Cancelled", error="stopped after the grace")
+    outcome = Outcome(
+        OutcomeKind.CANCELLED, 2.0, error_type="Cancelled", error="stopped after the grace"
+    )
     written, events = recorded(outcomes.Finished(claimed, outcome, None))
     assert len(written) == 1
     assert [(e.name, e.message, e.duration) for e in events] == [
@@ -245,7 +250,7 @@ def test_a_stopped_task_is_recorded_cancelled_and_announced() -> None:
 
 def test_a_failure_without_a_cancel_request_is_announced_as_a_failure() -> None:
     claimed = claimed_task()
-    outcome = Outcome(DEAD, 0.1, error_type="ValueError", error="boom")
+    outcome = Outcome(OutcomeKind.DEAD, 0.1, error_type="ValueError", error="boom")
     _, events = recorded(outcomes.Finished(claimed, outcome, None))
     assert [e.name for e in events] == ["failed"]
     assert row(claimed).status == TaskStatus.FAILED

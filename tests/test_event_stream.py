@@ -161,7 +161,7 @@ def test_events_at_or_above_the_stream_severity_are_recorded_at_once() -> None:
 
 
 def test_a_buffering_recorder_writes_only_when_flushed() -> None:
-    recorder = stream.Recorder()
+    recorder = stream.EventBuffer()
     recorder.start_buffering()
     for n in range(3):
         recorder.add(TaskEvent(name="failed", severity=Severity.WARNING, message=f"m{n}"))
@@ -306,7 +306,7 @@ def test_stream_events_generator_stops_at_its_duration(short_streams: None) -> N
 def test_a_process_pool_start_is_recorded_by_the_worker_not_the_handler_process() -> None:
     task = taskqueue.enqueue("noop")
     (claimed,) = store.claim_due_tasks("pool-worker", ["default"], 1)
-    in_child = stream.Recorder()
+    in_child = stream.EventBuffer()
     in_child.start_buffering(skip=frozenset({"started"}))
     in_child.add(TaskEvent(name="started", task_id=task.id))
     in_child.add(TaskEvent(name="enqueued", task_id=task.id))

@@ -22,7 +22,6 @@ import taskqueue
 from taskqueue import store
 from taskqueue.builtins.prune import prune
 from taskqueue.models import (
-    AttemptOutcome,
     MetricsMinute,
     MetricsTotal,
     Task,
@@ -37,9 +36,9 @@ from taskqueue.monitoring.metrics import (
     percentile,
     window_summaries,
 )
-from taskqueue.monitoring.recorder import Recorder
+from taskqueue.monitoring.recorder import MetricsRecorder
 from taskqueue.store.sql import db_now
-from taskqueue.worker.executor import CANCELLED, DEAD, RETRY, SUCCEEDED, Outcome
+from taskqueue.store.transitions import Transition
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.factories import TaskFactory, claim, past
 from tests.testapp.models import Counter
@@ -197,12 +196,12 @@ def test_two_workers_write_their_own_minute_rows_and_the_same_totals(start_worke
 
 
 def _flush_rounds(worker_id: str, rounds: int, per_round: int, errors: list[BaseException]) -> None:
-    recorder = Recorder(worker_id, "default")
+    recorder = MetricsRecorder(worker_id, "default")
     claimed = _claimed_like(TaskFactory.build(task_type="metrics_sleep", queue="metrics"))
     try:
         for _ in range(rounds):
             for _ in range(per_round):
-                recorder.count_finished(claimed, Outcome(SUCCEEDED, 0.01))
+                recorder.count(Transition(claimed, TaskStatus.COMPLETED, duration=0.01))
             recorder.flush()
     except BaseException as exc:  # reported to the test's thread
         errors.append(exc)
@@ -254,11 +253,11 @@ def _claimed_like(task: Any, **fields: Any) -> store.ClaimedTask:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_flush_that_hits_a_database_error_keeps_its_counts_for_the_next() -> None:
-    recorder = Recorder("flaky", "default")
+    recorder = MetricsRecorder("flaky", "default")
     recorder.sync_clock()
     task = _claimed_like(TaskFactory.build(task_type="metrics_fails", queue="metrics"))
-    recorder.count_finished(task, Outcome(RETRY, 0.2))
-    recorder.count_finished(task, Outcome(DEAD, 0.3, attempt_outcome=AttemptOutcome.TIMED_OUT))
+    recorder.count(Transition(task, TaskStatus.RETRYING, duration=0.2))
+    recorder.count(Transition(task, TaskStatus.FAILED, duration=0.3, timed_out=True))
     table = MetricsTotal._meta.db_table
     # A real database error halfway through the flush: the minute rows are written, then
     # the totals table is missing.
@@ -267,7 +266,7 @@ def test_a_flush_that_hits_a_database_error_keeps_its_counts_for_the_next() -> N
     try:
         with pytest.raises(DatabaseError):
             recorder.flush()
-        recorder.count_finished(task, Outcome(CANCELLED, 0.1))  # counted meanwhile
+        recorder.count(Transition(task, TaskStatus.CANCELLED, duration=0.1))  # counted meanwhile
     finally:
         connection.close()  # PostgreSQL: leave the aborted connection behind
         with connection.cursor() as cursor:
@@ -295,11 +294,11 @@ def test_rescued_tasks_are_counted_by_the_rescuer() -> None:
     claim(retried, "silent")
     spent = TaskFactory(task_type="metrics_sleep", queue="default", max_attempts=1, run_at=past())
     claim(spent, "silent")
-    recorder = Recorder("rescuer", "default")
+    recorder = MetricsRecorder("rescuer", "default")
     recorder.sync_clock()
 
     result = store.rescue_stale_tasks(60, "rescuer", random.Random(0))
-    recorder.count_rescued(result.outcomes)
+    recorder.count_all(result.transitions)
     recorder.flush()
 
     row = MetricsMinute.objects.get()

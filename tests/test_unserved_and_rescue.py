@@ -162,7 +162,7 @@ def test_running_rows_without_a_lease_are_rescued_whoever_holds_them() -> None:
     assert sorted(result.retried) == sorted([absent.id, stale.id, nobody.id, held_by_live.id])
     assert result.dead_lettered == [spent.id]
     assert result.failed == [] and result.finished
-    assert {task.id for task, _ in result.outcomes} == {
+    assert {transition.task.id for transition in result.transitions} == {
         absent.id,
         stale.id,
         nobody.id,

@@ -22,6 +22,7 @@ from django.db import connection
 import taskqueue
 from taskqueue import store
 from taskqueue.core.limits import MAX_DELAY, MAX_DELAY_SECONDS
+from taskqueue.core.outcome import MAX_ERROR_CHARS, MAX_TRACEBACK_CHARS, OutcomeKind, recordable
 from taskqueue.core.retry import (
     Exponential,
     Fixed,
@@ -34,15 +35,7 @@ from taskqueue.exceptions import InvalidTaskOption
 from taskqueue.models import DeadLetter, Task, TaskAttempt, TaskStatus, Worker, WorkerStatus
 from taskqueue.store.salvage import UNRECORDABLE_ERROR
 from taskqueue.store.sql import ClaimedTask, db_now
-from taskqueue.worker.executor import (
-    DEAD,
-    MAX_ERROR_CHARS,
-    MAX_TRACEBACK_CHARS,
-    RETRY,
-    AsyncRunner,
-    execute,
-    recordable,
-)
+from taskqueue.worker.executor import AsyncRunner, execute
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.testapp.models import LedgerEntry
 
@@ -364,7 +357,7 @@ def claimed(task_type: str, payload: dict, attempts: int = 1) -> ClaimedTask:
     ],
 )
 def test_a_retry_delay_that_cannot_be_stored_fails_the_attempt(kind, fragment):
-    for attempts, expected in ((1, RETRY), (2, DEAD)):
+    for attempts, expected in ((1, OutcomeKind.RETRY), (2, OutcomeKind.DEAD)):
         task = claimed("retry_unbounded", {"delay": kind}, attempts)
         outcome, _ = execute(task, "executor-test", AsyncRunner(), random.Random(1))
         # The strategy (Fixed(0), two attempts) decides: retry at once, then dead.
@@ -379,7 +372,11 @@ def test_a_retry_delay_that_cannot_be_stored_fails_the_attempt(kind, fragment):
 def test_a_retry_delay_up_to_the_maximum_is_kept():
     task = claimed("asks_retry", {"delay": MAX_DELAY_SECONDS})
     outcome, _ = execute(task, "executor-test", AsyncRunner(), random.Random(1))
-    assert (outcome.kind, outcome.delay, outcome.error) == (RETRY, MAX_DELAY_SECONDS, "not ready")
+    assert (outcome.kind, outcome.delay, outcome.error) == (
+        OutcomeKind.RETRY,
+        MAX_DELAY_SECONDS,
+        "not ready",
+    )
 
 
 @pytest.mark.parametrize(

@@ -19,18 +19,16 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-from django.db import IntegrityError, connections, transaction
-from django.db.models import F
-from django.db.models.functions import Now
+from django.db import connections
 from django.db.utils import InterfaceError, OperationalError
 
-from taskqueue.models import AttemptOutcome, MetricsMinute, MetricsTotal, TaskStatus
+from taskqueue.models import TaskStatus
 from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
 from taskqueue.store import sql
+from taskqueue.store.metrics import MinuteKey, add_counts, merge_histograms
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import CANCELLED, COMMITTED, DEAD, RETRY, SUCCEEDED, Outcome
+from taskqueue.store.transitions import Transition
 
 logger = logging.getLogger("taskqueue.monitoring.recorder")
 
@@ -71,6 +69,11 @@ class Counts:
         self.run_histogram = merge_histograms(self.run_histogram, other.run_histogram)
         self.wait_histogram = merge_histograms(self.wait_histogram, other.wait_histogram)
 
+    def add_status(self, status: str) -> None:
+        """Count one task that ended (this attempt) in ``status``."""
+        for name in COUNTED_AS[status]:
+            setattr(self, name, getattr(self, name) + 1)
+
     def ran(self, seconds: float) -> None:
         self.run_seconds += seconds
         self.run_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
@@ -80,26 +83,22 @@ class Counts:
         self.wait_histogram[bisect_left(TIME_BUCKETS, seconds)] += 1
 
 
-def merge_histograms(stored: Iterable[int] | None, delta: Iterable[int]) -> list[int]:
-    """Element-wise sum; a stored histogram that is empty (a new row) counts as zeros."""
-    left, right = list(stored or ()), list(delta)
-    size = max(len(left), len(right))
-    left += [0] * (size - len(left))
-    right += [0] * (size - len(right))
-    return [a + b for a, b in zip(left, right, strict=True)]
+# The counters one task's new status adds to: a failed attempt is retried or dead-lettered.
+COUNTED_AS: dict[str, tuple[str, ...]] = {
+    TaskStatus.COMPLETED: ("succeeded",),
+    TaskStatus.CANCELLED: ("cancelled",),
+    TaskStatus.RETRYING: ("failed", "retried"),
+    TaskStatus.FAILED: ("failed", "dead_lettered"),
+}
 
 
-# (minute number since the epoch, task type, queue)
-Key = tuple[int, str, str]
-
-
-class Recorder:
+class MetricsRecorder:
     """One worker's outcome counters (thread-safe: counted on one thread, flushed on another)."""
 
     def __init__(self, worker_id: str, using: str) -> None:
         self.worker_id = worker_id
         self.using = using
-        self.pending: dict[Key, Counts] = {}
+        self.pending: dict[MinuteKey, Counts] = {}
         self.lock = threading.Lock()  # guards ``pending``
         self.flush_lock = threading.Lock()  # one flush at a time (duty thread, worker stop)
         # Database clock (seconds since the epoch) minus time.monotonic().
@@ -122,54 +121,33 @@ class Recorder:
             counts = self.pending[key] = Counts()
         return counts
 
-    def count_finished(self, task: ClaimedTask, outcome: Outcome) -> None:
-        """Count one outcome the worker has written, the way it is announced."""
-        kind = outcome.kind
+    def count(self, transition: Transition) -> None:
+        """Count one written transition the way it is announced (nothing if fenced out)."""
+        if transition.status is None:
+            return
+        task = transition.task
         wait = _wait_seconds(task)
         with self.lock:
             counts = self._counts(task)
-            if kind == SUCCEEDED or kind == COMMITTED:
-                counts.succeeded += 1
-            elif kind == CANCELLED:
-                counts.cancelled += 1
-            else:
-                counts.failed += 1
-                if kind == RETRY:
-                    counts.retried += 1
-                elif kind == DEAD:
-                    counts.dead_lettered += 1
-                if outcome.attempt_outcome == AttemptOutcome.TIMED_OUT:
-                    counts.timed_out += 1
-            # A task withdrawn before it started (cancelled, duration 0) never ran.
-            if kind != CANCELLED or outcome.duration > 0:
-                counts.ran(outcome.duration)
+            counts.add_status(transition.status)
+            if transition.failed and transition.timed_out:
+                counts.timed_out += 1
+            if transition.ran:
+                counts.ran(transition.duration or 0.0)
             if wait is not None:
                 counts.waited(wait)
 
-    def count_rescued(self, outcomes: Iterable[tuple[ClaimedTask, str]]) -> None:
-        """Count the tasks a rescue took back from a dead worker: each a failed attempt
-        (retried or dead-lettered), or a cancellation. How long they ran is unknown."""
-        for task, status in outcomes:
-            wait = _wait_seconds(task)
-            with self.lock:
-                counts = self._counts(task)
-                if status == TaskStatus.CANCELLED:
-                    counts.cancelled += 1
-                else:
-                    counts.failed += 1
-                    if status == TaskStatus.FAILED:
-                        counts.dead_lettered += 1
-                    else:
-                        counts.retried += 1
-                if wait is not None:
-                    counts.waited(wait)
+    def count_all(self, transitions: Iterable[Transition]) -> None:
+        """Count many transitions (a rescue's: how long those tasks ran is unknown)."""
+        for transition in transitions:
+            self.count(transition)
 
-    def take(self) -> dict[Key, Counts]:
+    def take(self) -> dict[MinuteKey, Counts]:
         with self.lock:
             taken, self.pending = self.pending, {}
         return taken
 
-    def give_back(self, taken: dict[Key, Counts]) -> None:
+    def give_back(self, taken: dict[MinuteKey, Counts]) -> None:
         """Put counts whose write failed back, merged with those counted since."""
         with self.lock:
             for key, counts in taken.items():
@@ -200,65 +178,15 @@ class Recorder:
                 logger.debug("could not read the database clock", exc_info=True)
             return len(taken)
 
-    def _write(self, taken: dict[Key, Counts]) -> None:
+    def _write(self, taken: dict[MinuteKey, Counts]) -> None:
         totals: dict[tuple[str, str], Counts] = {}
         for (_, task_type, queue), counts in taken.items():
             totals.setdefault((task_type, queue), Counts()).add(counts)
-        with transaction.atomic(using=self.using):
-            # Sorted: two workers flushing at once lock the shared total rows in one order.
-            for key in sorted(taken):
-                self._add_to_minute(key, taken[key])
-            for key in sorted(totals):
-                self._add_to_total(key, totals[key])
-
-    def _add_to_minute(self, key: Key, counts: Counts) -> None:
-        minute, task_type, queue = key
-        lookup = {
-            "minute": datetime.fromtimestamp(minute * 60, tz=UTC),
-            "worker_id": self.worker_id,
-            "task_type": task_type,
-            "queue": queue,
-        }
-        rows = MetricsMinute.objects.using(self.using)
-        row = rows.select_for_update().filter(**lookup).first()
-        if row is None:
-            try:
-                # A savepoint: a row created meanwhile (a previous process of this worker
-                # id) must not spoil the whole flush.
-                with transaction.atomic(using=self.using):
-                    rows.create(**lookup, **_values(counts, wait=True))
-                return
-            except IntegrityError:
-                row = rows.select_for_update().get(**lookup)
-        for name in COUNTERS:
-            setattr(row, name, getattr(row, name) + getattr(counts, name))
-        row.run_seconds += counts.run_seconds
-        row.wait_seconds += counts.wait_seconds
-        row.run_histogram = merge_histograms(row.run_histogram, counts.run_histogram)
-        row.wait_histogram = merge_histograms(row.wait_histogram, counts.wait_histogram)
-        row.save(using=self.using)
-
-    def _add_to_total(self, key: tuple[str, str], counts: Counts) -> None:
-        task_type, queue = key
-        rows = MetricsTotal.objects.using(self.using).filter(task_type=task_type, queue=queue)
-        # Locked first: the histogram is merged in Python, so no other flush may change it
-        # between this read and the write below.
-        histogram = rows.select_for_update().values_list("run_histogram", flat=True).first()
-        if histogram is None:
-            try:
-                with transaction.atomic(using=self.using):
-                    MetricsTotal.objects.using(self.using).create(
-                        task_type=task_type, queue=queue, **_values(counts, wait=False)
-                    )
-                return
-            except IntegrityError:
-                # Another worker created it first; its row lock now orders us after it.
-                histogram = rows.select_for_update().values_list("run_histogram", flat=True).get()
-        rows.update(
-            **{name: F(name) + getattr(counts, name) for name in COUNTERS},
-            run_seconds=F("run_seconds") + counts.run_seconds,
-            run_histogram=merge_histograms(histogram, counts.run_histogram),
-            updated_at=Now(),
+        add_counts(
+            self.using,
+            self.worker_id,
+            {key: _values(counts, wait=True) for key, counts in taken.items()},
+            {key: _values(counts, wait=False) for key, counts in totals.items()},
         )
 
 
@@ -280,7 +208,7 @@ def _wait_seconds(task: ClaimedTask) -> float | None:
     return max((task.started_at - task.run_at).total_seconds(), 0.0)
 
 
-def flush_at_stop(recorder: Recorder) -> None:
+def flush_at_stop(recorder: MetricsRecorder) -> None:
     """The last flush of a stopping worker: a short outage is waited out, a long one loses
     the counts of the last seconds (logged), never the worker's exit."""
     for attempt in range(3):

@@ -41,7 +41,7 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.signals import setting_changed
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
@@ -118,7 +118,7 @@ def as_record(event: TaskEvent) -> Any:
     )
 
 
-class Recorder:
+class EventBuffer:
     """Writes recorded events: at once, or buffered until ``flush`` (a worker process)."""
 
     def __init__(self) -> None:
@@ -172,16 +172,13 @@ class Recorder:
 
 
 def _write(records: list[Any]) -> None:
-    from taskqueue.models import EventRecord
-    from taskqueue.store.common import database_alias
+    # Imported here: this module is imported by the app config, before models are ready.
+    from taskqueue.store.events import insert_events
 
-    using = database_alias()
-    # Its own savepoint: a failed insert inside a caller's transaction must not break it.
-    with transaction.atomic(using=using):
-        EventRecord.objects.using(using).bulk_create(records, batch_size=500)
+    insert_events(records)
 
 
-recorder = Recorder()
+event_buffer = EventBuffer()
 
 
 def wants_severity(name: str, severity: str) -> bool:
@@ -195,12 +192,12 @@ def record_event(sender: Any, event: TaskEvent, **kwargs: Any) -> None:
     threshold = stream_threshold()
     if threshold is None or SEVERITY_RANK.get(event.severity, 0) < threshold:
         return
-    recorder.add(event)
+    event_buffer.add(event)
 
 
 def flush() -> int:
     """Write this process's buffered events (a worker duty, and at worker exit)."""
-    return recorder.flush()
+    return event_buffer.flush()
 
 
 def record_started(task: Any, worker_id: str) -> None:
@@ -210,7 +207,7 @@ def record_started(task: Any, worker_id: str) -> None:
     threshold = stream_threshold()
     if threshold is None or threshold > SEVERITY_RANK[Severity.INFO]:
         return
-    recorder.add(
+    event_buffer.add(
         TaskEvent(
             name="started",
             task_id=task.id,
@@ -226,14 +223,14 @@ def record_started(task: Any, worker_id: str) -> None:
 def in_handler_process() -> None:
     """Set up a worker's handler process: its own starts are recorded by the worker, and
     anything else it records waits for ``flush_after_task``."""
-    recorder.start_buffering(skip=frozenset({"started"}))
+    event_buffer.start_buffering(skip=frozenset({"started"}))
 
 
 def flush_after_task() -> None:
     """In a handler process, after each task: write what its handler set off (an enqueue,
     a cancel), if anything; never let the stream disturb the next task."""
     try:
-        recorder.flush()
+        event_buffer.flush()
     except DatabaseError:
         logger.warning("could not record the events of a handler process", exc_info=True)
 

@@ -23,7 +23,6 @@ from taskqueue.store.running import (
     complete_one,
     complete_tasks,
     dead_letter,
-    emit_for,
     fail_attempt,
     is_cancel_requested,
     release_tasks,
@@ -37,6 +36,7 @@ from taskqueue.store.task_type_rows import (
     reset_circuits,
     resume_task_types,
 )
+from taskqueue.store.transitions import Transition, announce, emit_for
 from taskqueue.store.triage import (
     RequeueResult,
     cancel,
@@ -55,6 +55,8 @@ __all__ = [
     "RequeueResult",
     "RescueResult",
     "SweepResult",
+    "Transition",
+    "announce",
     "build_task",
     "cancel",
     "cancel_claimed",

@@ -21,7 +21,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -33,13 +32,12 @@ from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Greatest, Now
 from django.db.utils import InterfaceError, OperationalError
 
-from taskqueue import signals
 from taskqueue.core.retry import next_delay, strategy_from_dict
-from taskqueue.events import Severity
 from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
 from taskqueue.store.common import database_alias
-from taskqueue.store.running import emit_for, fail_attempt
+from taskqueue.store.running import fail_attempt
 from taskqueue.store.sql import CLAIMED_COLUMNS, ClaimedTask
+from taskqueue.store.transitions import Transition, announce
 
 logger = logging.getLogger("taskqueue.store.rescue")
 
@@ -58,8 +56,8 @@ class RescueResult:
     dead_lettered: list[UUID] = field(default_factory=list)
     cancelled: list[UUID] = field(default_factory=list)
     lost_workers: list[str] = field(default_factory=list)
-    # Each rescued task and the status it was left in, for the rescuer's outcome metrics.
-    outcomes: list[tuple[ClaimedTask, str]] = field(default_factory=list)
+    # What each rescue wrote, for the rescuer's outcome metrics.
+    transitions: list[Transition] = field(default_factory=list)
     # Rows whose rescue failed with an error (logged); a later pass tries them again.
     failed: list[UUID] = field(default_factory=list)
     # False when the pass stopped at its time budget with candidates left for the next one.
@@ -201,45 +199,27 @@ def _rescue_one(
         "error": error,
         "outcome": AttemptOutcome.WORKER_LOST,
     }
-    announced = {"worker_id": holder_name, "error_type": WORKER_LOST, "message": error}
     dead = task.attempts >= task.max_attempts
     delay = 0.0 if dead else next_delay(task.attempts, strategy_from_dict(task.retry), rng)
     # Through fail_attempt: a task someone asked to cancel ends cancelled, not run again.
     status = fail_attempt(
         task, dead=dead, delay=delay, cancel_reason=f"cancelled; {error}", **failure
     )
-    if status is not None:
-        result.outcomes.append((task, status))
-    # Announced once the rescue commits (the taskqueue.lifecycle log record included): a
-    # rolled-back rescue changed nothing.
-    if status == TaskStatus.CANCELLED:
-        result.cancelled.append(task.id)
-        _on_commit(emit_for, task, signals.task_cancelled, "cancelled", **announced)
-        return
     if status is None:
         return
-    failed = {"severity": Severity.WARNING, **announced}
-    _on_commit(emit_for, task, signals.task_failed, "failed", **failed)
-    if status == TaskStatus.FAILED:
-        result.dead_lettered.append(task.id)
-        _on_commit(
-            emit_for,
-            task,
-            signals.task_dead_lettered,
-            "dead_lettered",
-            severity=Severity.ERROR,
-            **announced,
-        )
-        return
-    result.retried.append(task.id)
-    _on_commit(
-        emit_for,
-        task,
-        signals.task_retry_scheduled,
-        "retry_scheduled",
-        severity=Severity.WARNING,
-        **announced,
+    # How long it ran is unknown, and its retry is announced without the delay.
+    transition = Transition(
+        task, status, worker_id=holder_name, error_type=WORKER_LOST, error=error
     )
+    result.transitions.append(transition)
+    {
+        TaskStatus.CANCELLED: result.cancelled,
+        TaskStatus.FAILED: result.dead_lettered,
+        TaskStatus.RETRYING: result.retried,
+    }[status].append(task.id)
+    # Announced once the rescue commits (the taskqueue.lifecycle log record included): a
+    # rolled-back rescue changed nothing.
+    transaction.on_commit(partial(announce, transition), using=using)
 
 
 def lease_unleased(using: str, task_id: UUID, holder: str | None) -> UUID | None:
@@ -257,7 +237,3 @@ def lease_unleased(using: str, task_id: UUID, holder: str | None) -> UUID | None
         .update(lease_id=lease, attempts=Greatest(F("attempts"), 1), updated_at=Now())
     )
     return lease if fenced else None
-
-
-def _on_commit(func: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    transaction.on_commit(partial(func, *args, **kwargs), using=database_alias())

@@ -14,9 +14,7 @@ from django.db import transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.db.models.functions import Now
 
-from taskqueue import signals
 from taskqueue.core.retry import bounded_delay
-from taskqueue.events import emit
 from taskqueue.models import (
     AttemptOutcome,
     DeadLetter,
@@ -27,6 +25,7 @@ from taskqueue.models import (
 from taskqueue.store import dependencies, firing, flow, sql
 from taskqueue.store.common import database_alias
 from taskqueue.store.sql import ClaimedTask
+from taskqueue.store.transitions import Transition, announce
 
 logger = logging.getLogger("taskqueue.store")
 
@@ -352,7 +351,7 @@ def release_tasks(tasks: Sequence[ClaimedTask]) -> int:
         if released:
             sql.notify(using, {task.queue for task in tasks})
     for task in cancelled:
-        emit_for(task, signals.task_cancelled, name="cancelled", message=CANCELLED_AT_SHUTDOWN)
+        announce(Transition(task, TaskStatus.CANCELLED, error=CANCELLED_AT_SHUTDOWN))
     return released
 
 
@@ -371,17 +370,3 @@ def is_cancel_requested(task_id: uuid.UUID) -> bool:
         "status", "cancel_requested"
     ).first() or (TaskStatus.CANCELLED, True)
     return bool(requested) or status == TaskStatus.CANCELLED
-
-
-def emit_for(task: ClaimedTask, signal: Any, name: str, **fields: Any) -> None:
-    """Send a lifecycle signal about a claimed task."""
-    emit(
-        signal,
-        name=name,
-        task_id=task.id,
-        task_type=task.task_type,
-        queue=task.queue,
-        attempt=task.attempts,
-        max_attempts=task.max_attempts,
-        **fields,
-    )

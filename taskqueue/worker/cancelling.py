@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from taskqueue import store
+from taskqueue.core.outcome import Outcome
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import cancelled_outcome
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools.base import HandlerPool
 
@@ -86,7 +86,7 @@ class CancelWatch:
                 f"cancelled before its handler started (claimed ahead by worker {self.worker_id})"
             )
             if self.on_finished is not None:
-                self.on_finished(Finished(task, cancelled_outcome(0.0, reason), None))
+                self.on_finished(Finished(task, Outcome.cancelled(0.0, reason), None))
             logger.info(
                 "task %s (%s) withdrawn: cancel requested before it started",
                 task.id,

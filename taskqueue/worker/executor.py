@@ -14,14 +14,21 @@ import threading
 import time
 import traceback as tb_module
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import transaction
 
 from taskqueue.context import TaskContext
 from taskqueue.core.limits import check_delay_seconds
-from taskqueue.core.payloads import check_json, storable_text
+from taskqueue.core.outcome import (
+    MAX_ERROR_CHARS,
+    MAX_ERROR_TYPE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    Outcome,
+    OutcomeKind,
+    recordable,
+)
+from taskqueue.core.payloads import check_json
 from taskqueue.core.registry import HandlerSpec, registry
 from taskqueue.core.retry import NoRetry, bounded_delay, next_delay, strategy_from_dict
 from taskqueue.exceptions import (
@@ -36,34 +43,6 @@ from taskqueue.exceptions import (
 )
 from taskqueue.models import AttemptOutcome
 from taskqueue.store.sql import ClaimedTask
-
-SUCCEEDED = "succeeded"
-COMMITTED = "committed"  # succeeded, and recorded in the handler's own transaction (atomic)
-LOST = "lost"  # the claim was lost before an atomic handler could commit: nothing to record
-RETRY = "retry"
-DEAD = "dead"
-CANCELLED = "cancelled"  # stopped after a cancel request, or withdrawn before it started
-
-# What an outcome keeps of a failure's text. A handler may raise with a message of any size
-# (or any content): it is cut to these lengths and escaped where the database would refuse
-# it, so that recording the failure can never fail. The error type is a 255-character column.
-MAX_ERROR_TYPE_CHARS = 255
-MAX_ERROR_CHARS = 10_000
-MAX_TRACEBACK_CHARS = 50_000
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one attempt, and the store verb it maps to."""
-
-    kind: str
-    duration: float
-    result: Any = None
-    delay: float = 0.0
-    error_type: str = ""
-    error: str = ""
-    traceback: str = ""
-    attempt_outcome: str = AttemptOutcome.FAILED
 
 
 class AsyncRunner:
@@ -132,13 +111,7 @@ def execute(
     started = time.monotonic()
 
     def dead(error_type: str, error: str, traceback: str = "") -> Outcome:
-        return Outcome(
-            DEAD,
-            time.monotonic() - started,
-            error_type=recordable(error_type, MAX_ERROR_TYPE_CHARS),
-            error=recordable(error, MAX_ERROR_CHARS),
-            traceback=recordable(traceback, MAX_TRACEBACK_CHARS),
-        )
+        return Outcome.dead(time.monotonic() - started, error_type, error, traceback)
 
     try:
         spec = registry.get(task.task_type)
@@ -167,12 +140,12 @@ def execute(
     try:
         if spec.atomic:
             _call_atomically(task, spec, bound.args, bound.kwargs, async_runner)
-            return Outcome(COMMITTED, time.monotonic() - started), context
+            return Outcome.committed(time.monotonic() - started), context
         result = _checked_result(
             _call(spec, bound.args, bound.kwargs, task.timeout, async_runner, key=task.id)
         )
     except ClaimLost as exc:
-        return Outcome(LOST, time.monotonic() - started, error=str(exc)), context
+        return Outcome.lost(time.monotonic() - started, str(exc)), context
     except InvalidResult as exc:
         return dead("InvalidResult", str(exc)), context
     except Retry as exc:
@@ -189,7 +162,7 @@ def execute(
         return _failure(task, spec, exc, started, rng, timed_out=True), context
     except Exception as exc:
         return _failure(task, spec, exc, started, rng), context
-    return Outcome(SUCCEEDED, time.monotonic() - started, result=result), context
+    return Outcome.succeeded(time.monotonic() - started, result), context
 
 
 def _checked_result(result: Any) -> Any:
@@ -230,13 +203,6 @@ def _call(
     if spec.is_async:
         return async_runner.run(spec.func(*args, **kwargs), timeout, key)
     return spec.func(*args, **kwargs)
-
-
-def cancelled_outcome(duration: float, reason: str) -> Outcome:
-    """The outcome of a task stopped by the worker after a cancel request."""
-    return Outcome(
-        CANCELLED, duration, error_type="Cancelled", error=recordable(reason, MAX_ERROR_CHARS)
-    )
 
 
 def _failure(
@@ -287,9 +253,9 @@ def failed_attempt(
     """
     strategy = strategy_from_dict(task.retry)
     if task.attempts >= task.max_attempts or isinstance(strategy, NoRetry):
-        kind, delay = DEAD, 0.0
+        kind, delay = OutcomeKind.DEAD, 0.0
     else:
-        kind = RETRY
+        kind = OutcomeKind.RETRY
         delay = (
             bounded_delay(requested_delay)
             if requested_delay is not None
@@ -304,24 +270,6 @@ def failed_attempt(
         traceback=recordable(traceback, MAX_TRACEBACK_CHARS),
         attempt_outcome=attempt_outcome,
     )
-
-
-def recordable(text: str, limit: int) -> str:
-    """Return ``text`` cut to ``limit`` characters (head and tail kept) and storable."""
-    text = storable_text(_cut(text, limit))
-    # Escaping can lengthen it (a NUL becomes four characters): cut what it escaped.
-    return _cut(text, limit)
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    if limit < 1000:  # a name, not a message: cut it plainly
-        return text[: limit - 1] + "…"
-    omitted = f"\n[... {len(text) - limit:,} characters omitted ...]\n"
-    # The tail of a traceback (the failing frame and the message) matters most.
-    head = limit // 4 - len(omitted)
-    return text[:head] + omitted + text[len(text) - (limit - head - len(omitted)) :]
 
 
 def _error_type(exc: BaseException) -> str:

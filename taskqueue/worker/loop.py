@@ -26,8 +26,9 @@ from taskqueue import signals, store
 from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.monitoring import stream as event_stream
-from taskqueue.monitoring.recorder import Recorder
+from taskqueue.monitoring.recorder import MetricsRecorder
 from taskqueue.store.sql import ClaimedTask, vendor
+from taskqueue.store.transitions import Transition
 from taskqueue.worker import outcomes, presence, shutdown
 from taskqueue.worker.cancelling import CancelWatch
 from taskqueue.worker.circuits import CircuitWatch
@@ -101,7 +102,7 @@ class WorkerLoop:
         self.stranded_handlers = False  # handler threads still running that cannot be stopped
         self.gates = Gates(self.using, config.poll_interval)
         self.cancel_watch = CancelWatch(config.cancel_grace, self._finished, config.worker_id)
-        self.recorder = Recorder(config.worker_id, self.using)
+        self.recorder = MetricsRecorder(config.worker_id, self.using)
         self.circuit_watch = CircuitWatch(self.using, config.worker_id)
         # Claimed tasks an open circuit sends back, until the store has taken them back.
         self.sending_back: list[ClaimedTask] = []
@@ -145,10 +146,10 @@ class WorkerLoop:
     def _start(self, side_threads: list[DutyThread | ListenerThread]) -> None:
         worker_id = self.config.worker_id
         # Events for the live stream wait in memory; the duty thread writes them in bulk.
-        event_stream.recorder.start_buffering()
+        event_stream.event_buffer.start_buffering()
         presence.register_worker(worker_id, self.config.queues, self.config.concurrency)
         self.recorder.sync_clock()
-        self.recorder.count_rescued(store.rescue_own_tasks(worker_id, random.Random()).outcomes)
+        self.recorder.count_all(store.rescue_own_tasks(worker_id, random.Random()).transitions)
         sync_at_start()
         duties = DutyThread(
             self.using,
@@ -194,7 +195,7 @@ class WorkerLoop:
         rescued = store.rescue_stale_tasks(
             self.config.stale_after, self.config.worker_id, random.Random()
         )
-        self.recorder.count_rescued(rescued.outcomes)
+        self.recorder.count_all(rescued.transitions)
         if rescued.retried:
             self.wake()  # some may be due at once: claim them
 
@@ -361,23 +362,24 @@ class WorkerLoop:
         pending = self._take_finished()
         if not pending:
             return
-        written: list[Finished] = []
-        dropped: list[Finished] = []
+        written: list[Transition] = []
+        dropped: list[Transition] = []
         try:
             outcomes.record(pending, written, dropped, self.config.worker_id)
         finally:
             if pending:
                 with self.finished_lock:
                     self.finished.extendleft(reversed(pending))
-            for item in dropped:
+            for transition in dropped:
                 # The store logged why (the claim was lost); nothing happened to announce.
-                self.in_hand.pop(item.task.id, None)
+                self.in_hand.pop(transition.task.id, None)
             self._forget_written(written)
 
-    def _forget_written(self, written: list[Finished]) -> None:
-        for item in written:
-            self.in_hand.pop(item.task.id, None)
+    def _forget_written(self, written: list[Transition]) -> None:
+        for transition in written:
+            self.in_hand.pop(transition.task.id, None)
             self.processed += 1
-            self.mean_duration += DURATION_SMOOTHING * (item.outcome.duration - self.mean_duration)
-            self.recorder.count_finished(item.task, item.outcome)
-            outcomes.announce(item, self.config.worker_id)
+            duration = transition.duration or 0.0  # a worker's own outcomes always have one
+            self.mean_duration += DURATION_SMOOTHING * (duration - self.mean_duration)
+            self.recorder.count(transition)
+            store.announce(transition)

@@ -17,10 +17,10 @@ import uuid
 from collections import deque
 from collections.abc import Collection
 
+from taskqueue.core.outcome import Outcome
 from taskqueue.core.registry import registry
 from taskqueue.models import AttemptOutcome
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import DEAD, RETRY, Outcome
 
 # The attempts a circuit breaker counts (taskqueue.store.flow.record_failure).
 _COUNTED = (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT)
@@ -33,11 +33,7 @@ def has_breaker(task_type: str) -> bool:
 
 def counts_against_breaker(task_type: str, outcome: Outcome) -> bool:
     """Whether ``outcome`` is a failure that ``task_type``'s circuit breaker will count."""
-    return (
-        outcome.kind in (RETRY, DEAD)
-        and outcome.attempt_outcome in _COUNTED
-        and has_breaker(task_type)
-    )
+    return outcome.failed and outcome.attempt_outcome in _COUNTED and has_breaker(task_type)
 
 
 class Backlog:

@@ -79,6 +79,7 @@ def _encoded_outcome(message: dict[str, Any]) -> bytes:
     ``WorkerCrashed`` and hide the reason.
     """
     # Imported here, like in child_main: only once Django is set up.
+    from taskqueue.core.outcome import Outcome
     from taskqueue.worker import executor
     from taskqueue.worker.pools import wire
 
@@ -86,13 +87,10 @@ def _encoded_outcome(message: dict[str, Any]) -> bytes:
         return wire.encode(message)
     except (ValueError, TypeError, RecursionError) as exc:
         why = executor.exception_message(exc)
-        replacement = executor.Outcome(
-            executor.DEAD,
+        replacement = Outcome.dead(
             message["duration"],
-            error_type="InvalidResult",
-            error=executor.recordable(
-                f"the outcome could not be sent to the worker: {why}", executor.MAX_ERROR_CHARS
-            ),
+            "InvalidResult",
+            f"the outcome could not be sent to the worker: {why}",
         )
         fallback = wire.outcome_message(replacement)
         if "recycle" in message:

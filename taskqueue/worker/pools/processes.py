@@ -23,10 +23,11 @@ from multiprocessing.process import BaseProcess
 
 from django.db import connections
 
+from taskqueue.core.outcome import Outcome
 from taskqueue.models import AttemptOutcome
 from taskqueue.monitoring import stream as event_stream
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import cancelled_outcome, failed_attempt
+from taskqueue.worker.executor import failed_attempt
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools import wire
 from taskqueue.worker.pools.backlog import Backlog
@@ -134,7 +135,7 @@ class ProcessPool:
             self._kill(child)
             child.task = None
             self._replace(child, "was stopped: its task was cancelled")
-            outcome = cancelled_outcome(time.monotonic() - child.started, reason)
+            outcome = Outcome.cancelled(time.monotonic() - child.started, reason)
             self.on_finished(Finished(task, outcome, None))
             self._dispatch()
         self._wake_collector()  # it must watch the new child's pipe

@@ -14,13 +14,9 @@ from collections.abc import Collection
 
 from django.db import connections
 
+from taskqueue.core.outcome import Outcome
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import (
-    DEAD,
-    RETRY,
-    AsyncRunner,
-    cancelled_outcome,
-)
+from taskqueue.worker.executor import AsyncRunner
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools.backlog import Backlog
 from taskqueue.worker.pools.base import OnFinished, StopResult, run_task
@@ -79,9 +75,9 @@ class ThreadPool:
                     self.busy -= 1
                     self.running.discard(task.id)
                     reason = self.stopped.pop(task.id, None)
-            if reason is not None and finished.outcome.kind in (RETRY, DEAD):
+            if reason is not None and finished.outcome.failed:
                 # The CancelledError came from stop(): say why, instead of a failure.
-                outcome = cancelled_outcome(finished.outcome.duration, reason)
+                outcome = Outcome.cancelled(finished.outcome.duration, reason)
                 finished = Finished(task, outcome, finished.context)
             with self.lock:
                 # Before this thread takes its next task: a failure its type's circuit

@@ -7,8 +7,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from taskqueue.core.outcome import Outcome, OutcomeKind
 from taskqueue.store.sql import ClaimedTask
-from taskqueue.worker.executor import Outcome
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -69,7 +69,7 @@ def outcome_message(outcome: Outcome) -> dict[str, Any]:
 
 def outcome_from_message(message: dict[str, Any]) -> Outcome:
     return Outcome(
-        kind=message["outcome"],
+        kind=OutcomeKind(message["outcome"]),
         duration=message["duration"],
         result=message["result"],
         delay=message["delay"],
