@@ -25,9 +25,8 @@ from django.db.utils import InterfaceError, OperationalError
 
 from taskqueue.models import TaskStatus
 from taskqueue.monitoring.metrics import BUCKETS, COUNTERS, TIME_BUCKETS
-from taskqueue.store import sql
+from taskqueue.store import ClaimedTask, db_now
 from taskqueue.store.metrics import MinuteKey, add_counts, merge_histograms
-from taskqueue.store.sql import ClaimedTask
 from taskqueue.store.transitions import Transition
 
 logger = logging.getLogger("taskqueue.monitoring.recorder")
@@ -109,7 +108,7 @@ class MetricsRecorder:
     def sync_clock(self, using: str | None = None) -> None:
         """Measure the offset of the database clock (one query)."""
         before = time.monotonic()
-        now = sql.db_now(using or self.using).timestamp()
+        now = db_now(using or self.using).timestamp()
         after = time.monotonic()
         self.offset = now - (before + after) / 2
 

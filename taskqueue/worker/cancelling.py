@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from taskqueue import store
 from taskqueue.core.outcome import Outcome
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools.base import HandlerPool
 

@@ -42,7 +42,7 @@ from taskqueue.exceptions import (
     UnknownTaskType,
 )
 from taskqueue.models import AttemptOutcome
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 
 
 class AsyncRunner:

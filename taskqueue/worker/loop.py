@@ -27,7 +27,7 @@ from taskqueue.conf import settings as tq_settings
 from taskqueue.events import emit
 from taskqueue.monitoring import stream as event_stream
 from taskqueue.monitoring.recorder import MetricsRecorder
-from taskqueue.store.sql import ClaimedTask, vendor
+from taskqueue.store import ClaimedTask, vendor
 from taskqueue.store.transitions import Transition
 from taskqueue.worker import outcomes, presence, shutdown
 from taskqueue.worker.cancelling import CancelWatch

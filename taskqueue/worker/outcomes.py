@@ -10,9 +10,8 @@ from django.db.utils import DatabaseError, InterfaceError, OperationalError
 from taskqueue.context import TaskContext
 from taskqueue.core.outcome import MAX_ERROR_CHARS, Outcome, OutcomeKind, recordable
 from taskqueue.models import TaskStatus
-from taskqueue.store import settling
+from taskqueue.store import ClaimedTask, settling
 from taskqueue.store.salvage import UNRECORDABLE_TYPE
-from taskqueue.store.sql import ClaimedTask
 from taskqueue.store.transitions import Transition
 from taskqueue.worker.executor import exception_message
 

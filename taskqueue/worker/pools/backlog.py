@@ -20,7 +20,7 @@ from collections.abc import Collection
 from taskqueue.core.outcome import Outcome
 from taskqueue.core.registry import registry
 from taskqueue.models import AttemptOutcome
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 
 # The attempts a circuit breaker counts (taskqueue.store.flow.record_failure).
 _COUNTED = (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT)

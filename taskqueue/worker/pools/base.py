@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 from django.db import DatabaseError, close_old_connections, connections
 
 from taskqueue import signals, store
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 from taskqueue.worker.executor import (
     AsyncRunner,
     exception_message,

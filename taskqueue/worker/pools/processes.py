@@ -26,14 +26,15 @@ from django.db import connections
 from taskqueue.core.outcome import Outcome
 from taskqueue.models import AttemptOutcome
 from taskqueue.monitoring import stream as event_stream
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
+from taskqueue.store.backends import terminate_sessions
 from taskqueue.worker.executor import failed_attempt
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools import wire
 from taskqueue.worker.pools.backlog import Backlog
 from taskqueue.worker.pools.base import OnFinished, StopResult
 from taskqueue.worker.pools.child import child_main
-from taskqueue.worker.pools.sessions import application_name, terminate_sessions
+from taskqueue.worker.pools.sessions import application_name
 
 logger = logging.getLogger("taskqueue.worker.pools.processes")
 

@@ -1,16 +1,15 @@
-"""The database sessions of a handler slot: a name for them, and a way to stop them.
+"""The database sessions of a handler slot: a name unique to the worker and the slot.
 
 A handler killed at its timeout may leave a query running in PostgreSQL. Each slot's
 connections carry an ``application_name`` unique to the worker and the slot, so the worker
-can terminate exactly that slot's sessions and no other.
+can terminate exactly that slot's sessions and no other
+(``taskqueue.store.backends.terminate_sessions``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-
-from django.db import DatabaseError, connections
 
 logger = logging.getLogger("taskqueue.worker.pools.processes")
 
@@ -36,23 +35,3 @@ def application_name(worker_id: str, slot: int) -> str:
     tail = f"~{digest[:APPLICATION_NAME_HASH_CHARS]}{ending}"
     room = max(APPLICATION_NAME_BYTES - len(APPLICATION_NAME_PREFIX) - len(tail), 0)
     return f"{APPLICATION_NAME_PREFIX}{readable[:room]}{tail}"
-
-
-def terminate_sessions(name: str) -> None:
-    """Terminate the PostgreSQL sessions a killed child left behind (its query goes too)."""
-    for alias in connections:
-        connection = connections[alias]
-        if connection.vendor != "postgresql":
-            continue
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = %s",
-                    [name],
-                )
-        except DatabaseError:
-            logger.warning(
-                "could not stop the database sessions of %s on %r", name, alias, exc_info=True
-            )
-            connection.close()

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from django.db import connections
 
 from taskqueue.core.outcome import Outcome
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 from taskqueue.worker.executor import AsyncRunner
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools.backlog import Backlog

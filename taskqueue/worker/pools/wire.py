@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from taskqueue.core.outcome import Outcome, OutcomeKind
-from taskqueue.store.sql import ClaimedTask
+from taskqueue.store import ClaimedTask
 
 
 def encode(message: dict[str, Any]) -> bytes:
