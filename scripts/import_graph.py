@@ -81,8 +81,20 @@ class Imports(ast.NodeVisitor):
             target = target.rpartition(".")[0]
         if target and target != self.name:
             self.found.add(target)
-        if self.depth and not self.lines[lineno - 2].strip().startswith("#"):
+        if self.depth and not self._explained(lineno):
             self.unexplained.append(lineno)
+
+    def _explained(self, lineno: int) -> bool:
+        """A comment on the line before the import, or before the block of imports it is in."""
+        index = lineno - 2
+        while index >= 0:
+            line = self.lines[index].strip()
+            if line.startswith("#"):
+                return True
+            if not line.startswith(("import ", "from ")) and line:
+                return False
+            index -= 1
+        return False
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:

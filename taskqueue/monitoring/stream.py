@@ -45,7 +45,12 @@ from django.db import DatabaseError
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
+from taskqueue.conf import settings as tq_settings
 from taskqueue.events import Severity, TaskEvent
+from taskqueue.models import EventRecord
+from taskqueue.monitoring.auth import Access, check_access, denied_response
+from taskqueue.store.common import database_alias
+from taskqueue.store.events import insert_events
 
 logger = logging.getLogger("taskqueue.monitoring.stream")
 
@@ -73,8 +78,6 @@ _threshold: Any = _UNSET  # lowest severity rank recorded, None: record nothing
 def stream_threshold() -> int | None:
     global _threshold
     if _threshold is _UNSET:
-        from taskqueue.conf import settings as tq_settings
-
         lowest = tq_settings.EVENTS.get("STREAM")
         _threshold = None if lowest is None else SEVERITY_RANK.get(lowest, 0)
     return _threshold
@@ -97,7 +100,6 @@ def _json_safe(value: dict[str, Any]) -> dict[str, Any]:
 
 def as_record(event: TaskEvent) -> Any:
     """The unsaved ``EventRecord`` of an event (its time is the database's at insert)."""
-    from taskqueue.models import EventRecord
 
     data: dict[str, Any] = {"emitted_at": event.time.isoformat()}
     for name in ("attempt", "max_attempts", "duration", "error_type"):
@@ -172,9 +174,6 @@ class EventBuffer:
 
 
 def _write(records: list[Any]) -> None:
-    # Imported here: this module is imported by the app config, before models are ready.
-    from taskqueue.store.events import insert_events
-
     insert_events(records)
 
 
@@ -254,8 +253,6 @@ def _event_id(value: str, where: str) -> int:
 
 def _start_after(request: HttpRequest) -> int:
     """The id after which to stream: Last-Event-ID (a reconnect), ?since=, or the newest."""
-    from taskqueue.models import EventRecord
-    from taskqueue.store.common import database_alias
 
     last = request.headers.get("Last-Event-ID")
     if last:
@@ -309,8 +306,6 @@ def stream_events(
 ) -> Iterator[str]:
     """The SSE body: every event recorded after id ``after``, as it arrives, until
     ``max_duration`` seconds have passed."""
-    from taskqueue.models import EventRecord
-    from taskqueue.store.common import database_alias
 
     limit = MAX_DURATION if max_duration is None else max_duration
     yield f"retry: {RECONNECT_MS}\n\n"
@@ -347,7 +342,6 @@ def event_stream(request: HttpRequest) -> HttpResponse:
     Query: ``since=<event id>`` (or the ``Last-Event-ID`` header) to resume after an event,
     ``severity=warning`` for that severity and above, ``task_type=<name>``.
     """
-    from taskqueue.monitoring.auth import Access, check_access, denied_response
 
     if request.method != "GET":
         return JsonResponse(

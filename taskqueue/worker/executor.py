@@ -18,6 +18,7 @@ from typing import Any
 
 from django.db import transaction
 
+from taskqueue import store
 from taskqueue.context import TaskContext
 from taskqueue.core.limits import check_delay_seconds
 from taskqueue.core.outcome import (
@@ -184,8 +185,6 @@ def _call_atomically(
 
     If the claim was lost meanwhile, everything the handler wrote is rolled back with it.
     """
-    from taskqueue import store
-
     with transaction.atomic(using=store.database_alias()):
         result = _checked_result(_call(spec, args, kwargs, task.timeout, async_runner, task.id))
         if not store.complete_one(task, result):
