@@ -32,6 +32,17 @@ def as_datetime(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
+def _task_types_cte(table: str) -> str:
+    """``types(name)``: each distinct task type once, read by a loose scan of the
+    (task_type, status) index, one index probe per type instead of a scan of every row."""
+    return (
+        "WITH RECURSIVE types(name) AS ("
+        f"(SELECT task_type FROM {table} ORDER BY task_type LIMIT 1) "
+        f"UNION ALL SELECT (SELECT task_type FROM {table} WHERE task_type > types.name "
+        "ORDER BY task_type LIMIT 1) FROM types WHERE types.name IS NOT NULL)"
+    )
+
+
 def grouped_counts(using: str, now: datetime) -> list[tuple[Any, ...]]:
     """(task type, queue, status, count, due, oldest due run_at) of every group, counted
     exactly in one scan (SQLite, and small tables)."""
@@ -74,13 +85,7 @@ def capped_type_status_counts(using: str, statuses: list[str], limit: int) -> li
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"""
-            WITH RECURSIVE types(name) AS (
-                (SELECT task_type FROM {table} ORDER BY task_type LIMIT 1)
-                UNION ALL
-                SELECT (SELECT task_type FROM {table} WHERE task_type > types.name
-                        ORDER BY task_type LIMIT 1)
-                FROM types WHERE types.name IS NOT NULL
-            )
+            {_task_types_cte(table)}
             SELECT types.name, st.status,
                    (SELECT count(*) FROM (SELECT 1 FROM {table} t
                         WHERE t.task_type = types.name AND t.status = st.status
@@ -137,13 +142,7 @@ def due_of_types_served_nowhere(
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"""
-            WITH RECURSIVE types(name) AS (
-                (SELECT task_type FROM {table} ORDER BY task_type LIMIT 1)
-                UNION ALL
-                SELECT (SELECT task_type FROM {table} WHERE task_type > types.name
-                        ORDER BY task_type LIMIT 1)
-                FROM types WHERE types.name IS NOT NULL
-            )
+            {_task_types_cte(table)}
             SELECT types.name, due.queue, count(*)
             FROM types CROSS JOIN LATERAL (
                 SELECT queue FROM {table} t

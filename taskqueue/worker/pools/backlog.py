@@ -16,6 +16,8 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Collection
+from contextlib import AbstractContextManager
+from typing import Any
 
 from taskqueue.core.outcome import Outcome
 from taskqueue.core.registry import registry
@@ -85,3 +87,34 @@ class Backlog:
         released = self.held & set(task_types)
         self.held -= released
         return bool(released)
+
+
+class BacklogHolder:
+    """What both pools answer about their backlog, under the pool's own lock.
+
+    A pool sets ``backlog`` and ``lock`` and says in ``_on_release`` how its slots learn
+    that held types may run again.
+    """
+
+    backlog: Backlog
+    lock: AbstractContextManager[Any]
+
+    def _on_release(self) -> None:
+        raise NotImplementedError
+
+    def take_not_started(self) -> list[ClaimedTask]:
+        with self.lock:
+            return self.backlog.take_all()
+
+    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
+        with self.lock:
+            return self.backlog.take(task_ids)
+
+    def held_types(self) -> set[str]:
+        with self.lock:
+            return set(self.backlog.held)
+
+    def release_held(self, task_types: Collection[str]) -> None:
+        with self.lock:
+            if self.backlog.release(task_types):
+                self._on_release()

@@ -16,7 +16,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -31,7 +30,7 @@ from taskqueue.store.backends import terminate_sessions
 from taskqueue.worker.executor import failed_attempt
 from taskqueue.worker.outcomes import Finished
 from taskqueue.worker.pools import wire
-from taskqueue.worker.pools.backlog import Backlog
+from taskqueue.worker.pools.backlog import Backlog, BacklogHolder
 from taskqueue.worker.pools.base import OnFinished, StopResult
 from taskqueue.worker.pools.child import child_main
 from taskqueue.worker.pools.sessions import application_name
@@ -56,7 +55,7 @@ class _Child:
     spawned: float = field(default_factory=time.monotonic)
 
 
-class ProcessPool:
+class ProcessPool(BacklogHolder):
     """``size`` child processes, each running one handler at a time."""
 
     def __init__(
@@ -103,22 +102,8 @@ class ProcessPool:
             self.backlog.add(task)
             self._dispatch()
 
-    def take_not_started(self) -> list[ClaimedTask]:
-        with self.lock:
-            return self.backlog.take_all()
-
-    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
-        with self.lock:
-            return self.backlog.take(task_ids)
-
-    def held_types(self) -> set[str]:
-        with self.lock:
-            return set(self.backlog.held)
-
-    def release_held(self, task_types: Collection[str]) -> None:
-        with self.lock:
-            if self.backlog.release(task_types):
-                self._dispatch()
+    def _on_release(self) -> None:
+        self._dispatch()
 
     def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
         with self.lock:

@@ -10,7 +10,6 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Collection
 
 from django.db import connections
 
@@ -18,13 +17,13 @@ from taskqueue.core.outcome import Outcome
 from taskqueue.store import ClaimedTask
 from taskqueue.worker.executor import AsyncRunner
 from taskqueue.worker.outcomes import Finished
-from taskqueue.worker.pools.backlog import Backlog
+from taskqueue.worker.pools.backlog import Backlog, BacklogHolder
 from taskqueue.worker.pools.base import OnFinished, StopResult, run_task
 
 logger = logging.getLogger("taskqueue.worker")
 
 
-class ThreadPool:
+class ThreadPool(BacklogHolder):
     """Handlers in ``size`` threads of the worker process."""
 
     def __init__(self, size: int, worker_id: str, on_finished: OnFinished) -> None:
@@ -86,22 +85,8 @@ class ThreadPool:
             self.on_finished(finished)
         connections.close_all()
 
-    def take_not_started(self) -> list[ClaimedTask]:
-        with self.lock:
-            return self.backlog.take_all()
-
-    def withdraw(self, task_ids: Collection[uuid.UUID]) -> list[ClaimedTask]:
-        with self.lock:
-            return self.backlog.take(task_ids)
-
-    def held_types(self) -> set[str]:
-        with self.lock:
-            return set(self.backlog.held)
-
-    def release_held(self, task_types: Collection[str]) -> None:
-        with self.lock:
-            if self.backlog.release(task_types):
-                self.lock.notify_all()
+    def _on_release(self) -> None:
+        self.lock.notify_all()
 
     def stop(self, task_id: uuid.UUID, reason: str) -> StopResult:
         with self.lock:
