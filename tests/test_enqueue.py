@@ -275,6 +275,18 @@ def test_enqueue_many_with_tuples_and_dicts() -> None:
     assert (noop.payload, echo_none.payload) == ({}, {})
 
 
+def test_enqueue_many_makes_every_pending_task_due_at_once_and_keeps_arrival_order() -> None:
+    # A claim in the same millisecond as the enqueue must see every task of the batch: they
+    # share one run_at, and their arrival order is kept by created_at alone.
+    tasks = taskqueue.enqueue_many([("noop", {}) for _ in range(5)])
+    stored = {t.id: t for t in Task.objects.all()}
+    rows = [stored[t.id] for t in tasks]
+    assert len({row.run_at for row in rows}) == 1
+    assert rows[0].run_at <= rows[0].created_at
+    created = [row.created_at for row in rows]
+    assert created == sorted(created) and len(set(created)) == len(created)
+
+
 def test_enqueue_many_defaults_apply_unless_an_item_overrides_them() -> None:
     before = database_now()
     tasks = taskqueue.enqueue_many(

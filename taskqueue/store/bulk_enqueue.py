@@ -235,7 +235,9 @@ def _new_task(request: TaskRequest, arrival: datetime, now: datetime) -> Task:
     elif request.delay is not None:
         status, run_at = TaskStatus.SCHEDULED.value, now + request.delay
     else:
-        status, run_at = TaskStatus.PENDING.value, arrival
+        # Due now, every one of them: arrival order lives in created_at (the claim's last
+        # tie-break), not in run_at, or a claim in the same millisecond would see only some.
+        status, run_at = TaskStatus.PENDING.value, now
     user = request.created_by
     values[slot["id"]] = uuid.uuid4()
     values[slot["task_type"]] = request.task_type
