@@ -9,7 +9,7 @@ import time
 import pytest
 
 import taskqueue
-from taskqueue.models import Task, TaskStatus
+from taskqueue.models import Task, TaskStatus, Worker, WorkerStatus
 from tests.conftest import finish_worker, wait_for, worker_stderr_on_failure
 from tests.testapp.models import Counter
 
@@ -117,3 +117,28 @@ def test_a_burst_of_signals_exits_cleanly(start_worker):
     assert released(running), (state(running), stderr)
     assert released(prefetched), (state(prefetched), stderr)
     assert not Task.objects.running().exists(), stderr
+
+
+def worker_status(process: subprocess.Popen[str]) -> str | None:
+    return Worker.objects.filter(pid=process.pid).values_list("status", flat=True).first()
+
+
+def test_a_draining_worker_is_stopping_until_it_has_stopped(start_worker):
+    process, running, _ = start_with_tasks_in_hand(start_worker, 30, "--shutdown-timeout", "20")
+    assert worker_status(process) == WorkerStatus.RUNNING
+
+    process.send_signal(signal.SIGTERM)
+    with worker_stderr_on_failure(process):
+        wait_for(
+            lambda: worker_status(process) == WorkerStatus.STOPPING,
+            timeout=5,
+            message="the worker's row to say stopping",
+        )
+    # Still draining: the task it holds is running, and heartbeats keep it stopping.
+    assert claimed(running)
+    assert worker_status(process) == WorkerStatus.STOPPING
+
+    _, stderr = stop(process, signal.SIGTERM, timeout=15)
+
+    assert worker_status(process) == WorkerStatus.STOPPED, stderr
+    assert released(running), (state(running), stderr)

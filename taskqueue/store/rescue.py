@@ -38,10 +38,10 @@ from taskqueue.store.common import database_alias
 from taskqueue.store.running import fail_attempt
 from taskqueue.store.sql import CLAIMED_COLUMNS, ClaimedTask
 from taskqueue.store.transitions import Transition, announce
+from taskqueue.store.worker_rows import LIVE_STATES
 
 logger = logging.getLogger("taskqueue.store.rescue")
 
-LIVE_STATES = (WorkerStatus.RUNNING, WorkerStatus.STOPPING)
 RESCUE_BATCH = 500
 WORKER_LOST = "WorkerLost"
 # A pass runs on the worker's duty thread, between its heartbeats: it stops after this

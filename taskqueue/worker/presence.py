@@ -44,6 +44,11 @@ def heartbeat(worker_id: str, tasks_processed: int) -> None:
     task_type_rows.mark_served(database_alias(), registry.names())
 
 
+def mark_stopping(worker_id: str) -> None:
+    """This worker has begun to drain: it claims nothing more and finishes what it holds."""
+    worker_rows.mark_stopping(worker_id)
+
+
 def unregister_worker(worker_id: str, tasks_processed: int) -> None:
     """Mark this worker stopped; its types stay active while another live worker serves them."""
     using = database_alias()

@@ -41,6 +41,12 @@ def drain(worker: WorkerLoop) -> bool:
     """
     drained = True
     try:
+        # Seen as "stopping" in the admin while it drains; still live, so nothing it holds
+        # is rescued. Failing to say so changes nothing else.
+        presence.mark_stopping(worker.config.worker_id)
+    except Exception:
+        logger.warning("worker %s could not mark itself stopping", worker.config.worker_id)
+    try:
         _finish_running(worker)
     except Exception:
         drained = False
