@@ -9,6 +9,14 @@ owns the task now, and the write is dropped and logged.
 
 from taskqueue.store.common import database_alias
 from taskqueue.store.enqueueing import build_task, enqueue, enqueue_many
+from taskqueue.store.outcome_writes import (
+    cancel_claimed,
+    complete_one,
+    complete_tasks,
+    dead_letter,
+    fail_attempt,
+    retry_later,
+)
 from taskqueue.store.rescue import RescueResult, rescue_own_tasks, rescue_stale_tasks
 from taskqueue.store.retention import (
     PRUNE_KINDS,
@@ -17,16 +25,10 @@ from taskqueue.store.retention import (
     delete_prunable_batch,
 )
 from taskqueue.store.running import (
-    cancel_claimed,
     cancel_requested_among,
     claim_due_tasks,
-    complete_one,
-    complete_tasks,
-    dead_letter,
-    fail_attempt,
     is_cancel_requested,
     release_tasks,
-    retry_later,
     save_progress,
 )
 from taskqueue.store.sql import ClaimedTask, db_now, vendor

@@ -35,7 +35,7 @@ from django.db.utils import InterfaceError, OperationalError
 from taskqueue.core.retry import next_delay, strategy_from_dict
 from taskqueue.models import AttemptOutcome, Task, TaskStatus, Worker, WorkerStatus
 from taskqueue.store.common import database_alias
-from taskqueue.store.running import fail_attempt
+from taskqueue.store.outcome_writes import fail_attempt
 from taskqueue.store.sql import CLAIMED_COLUMNS, ClaimedTask
 from taskqueue.store.transitions import Transition, announce
 from taskqueue.store.worker_rows import LIVE_STATES

@@ -1,7 +1,7 @@
 """The store verbs that record a worker's outcomes, each returning the ``Transition`` made.
 
 The worker maps each ``Outcome`` to one of these (``taskqueue.worker.outcomes.record``);
-they write through the lease-fenced verbs of ``taskqueue.store.running`` and say what
+they write through the lease-fenced writes of ``taskqueue.store.outcome_writes`` and say what
 was written, so that what is announced and counted is what the database holds.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from taskqueue.core.outcome import Outcome
 from taskqueue.models import TaskStatus
-from taskqueue.store import running, salvage
+from taskqueue.store import outcome_writes, salvage
 from taskqueue.store.sql import ClaimedTask
 from taskqueue.store.transitions import Transition
 
@@ -20,7 +20,7 @@ def settle_successes(
     finished: Sequence[tuple[ClaimedTask, Outcome]], worker_id: str
 ) -> list[Transition]:
     """Complete every task in one statement; a task whose claim was lost gets status None."""
-    done = running.complete_tasks([(task, outcome.result) for task, outcome in finished])
+    done = outcome_writes.complete_tasks([(task, outcome.result) for task, outcome in finished])
     return [
         Transition.of(task, outcome, TaskStatus.COMPLETED if task.id in done else None, worker_id)
         for task, outcome in finished
@@ -29,13 +29,13 @@ def settle_successes(
 
 def settle_success(task: ClaimedTask, outcome: Outcome, worker_id: str) -> Transition:
     """Complete one task in a transaction of its own."""
-    completed = running.complete_claimed(task, outcome.result)
+    completed = outcome_writes.complete_claimed(task, outcome.result)
     return Transition.of(task, outcome, TaskStatus.COMPLETED if completed else None, worker_id)
 
 
 def settle_cancellation(task: ClaimedTask, outcome: Outcome, worker_id: str) -> Transition:
     """Record a task the worker stopped, or withdrew before it started."""
-    cancelled = running.cancel_claimed(task, reason=outcome.error)
+    cancelled = outcome_writes.cancel_claimed(task, reason=outcome.error)
     return Transition.of(task, outcome, TaskStatus.CANCELLED if cancelled else None, worker_id)
 
 
@@ -45,7 +45,7 @@ def settle_failure(
     """Dead-letter (``dead``) or retry a failed attempt; cancel it instead if a cancel was
     requested while it ran."""
     reason = cancelled_by_failure(outcome)
-    status = running.fail_attempt(
+    status = outcome_writes.fail_attempt(
         task,
         worker_id=worker_id,
         dead=dead,
@@ -66,7 +66,9 @@ def settle_dead_letter(
     task: ClaimedTask, duration: float, worker_id: str, *, error_type: str, error: str
 ) -> Transition:
     """Dead-letter a task with an error of the worker's own (its outcome could not be stored)."""
-    letter = running.dead_letter(task, worker_id=worker_id, error_type=error_type, error=error)
+    letter = outcome_writes.dead_letter(
+        task, worker_id=worker_id, error_type=error_type, error=error
+    )
     status = TaskStatus.FAILED if letter is not None else None
     return Transition(
         task, status, worker_id=worker_id, error_type=error_type, error=error, duration=duration
