@@ -108,10 +108,10 @@ def test_unknown_key_in_a_merged_dict_is_e001(name: str) -> None:
     assert messages[0].msg == f"Unknown key 'bogus' in TASKQUEUE[{name!r}]."
 
 
-def test_taskqueue_that_is_not_a_dict_is_e001(settings) -> None:
+def test_taskqueue_that_is_not_a_dict_is_e002(settings) -> None:
     settings.TASKQUEUE = [("CONCURRENCY", 4)]
     messages = check_settings()
-    assert ids(messages) == ["taskqueue.E001"]
+    assert ids(messages) == ["taskqueue.E002"]
     assert messages[0].msg == "TASKQUEUE must be a dict, got list."
 
 
@@ -447,9 +447,9 @@ def test_unknown_settings_of_any_type_are_e001_with_the_closest_name() -> None:
 
 
 @pytest.mark.parametrize("value", [None, NAN, "x", 5, ("a", "b")])
-def test_taskqueue_of_any_other_type_is_e001(settings: Any, value: Any) -> None:
+def test_taskqueue_of_any_other_type_is_e002(settings: Any, value: Any) -> None:
     settings.TASKQUEUE = value
-    assert ids(check_settings()) == [UNKNOWN]
+    assert ids(check_settings()) == [TYPE]
 
 
 TOKEN = "k9Vq2xLw7RtYp4Zs"  # 16 characters: long enough

@@ -21,7 +21,6 @@ from taskqueue.checks.messages import (
     SHORT_CREDENTIAL,
     SQLITE_WITHOUT_WAL,
     STALE_TOO_CLOSE,
-    UNKNOWN_SETTING,
     WRONG_TYPE,
     Rule,
     clipped,
@@ -221,7 +220,7 @@ def check_settings(
     if not isinstance(configured, dict):
         return [
             error(
-                UNKNOWN_SETTING,
+                WRONG_TYPE,
                 f"TASKQUEUE must be a dict, got {type(configured).__name__}.",
                 hint="For example TASKQUEUE = {'QUEUES': ['default'], 'CONCURRENCY': 4}.",
             )
