@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,181 +16,513 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='TaskType',
+            name="TaskType",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True, verbose_name='name')),
-                ('description', models.TextField(blank=True, default='', verbose_name='description')),
-                ('is_active', models.BooleanField(default=False, verbose_name='served by a live worker')),
-                ('paused', models.BooleanField(default=False, verbose_name='paused')),
-                ('critical', models.BooleanField(default=False, verbose_name='critical')),
-                ('default_queue', models.CharField(default='default', max_length=100, verbose_name='queue')),
-                ('default_priority', models.SmallIntegerField(default=0, verbose_name='priority')),
-                ('default_max_attempts', models.PositiveIntegerField(blank=True, null=True, verbose_name='max attempts')),
-                ('default_retry', models.JSONField(blank=True, null=True, verbose_name='retry strategy')),
-                ('default_timeout', models.FloatField(blank=True, null=True, verbose_name='timeout (seconds)')),
-                ('rate_limit', models.CharField(blank=True, default='', max_length=32, verbose_name='rate limit')),
-                ('concurrency_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='concurrency limit')),
-                ('circuit_state', models.CharField(choices=[('closed', 'Closed'), ('open', 'Open'), ('half_open', 'Half open (probing)')], default='closed', max_length=16, verbose_name='circuit')),
-                ('circuit_opened_at', models.DateTimeField(blank=True, null=True, verbose_name='circuit opened at')),
-                ('consecutive_failures', models.PositiveIntegerField(default=0, verbose_name='consecutive failures')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='created at')),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='updated at')),
-                ('last_seen_at', models.DateTimeField(blank=True, null=True, verbose_name='last seen at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True, verbose_name="name")),
+                (
+                    "description",
+                    models.TextField(blank=True, default="", verbose_name="description"),
+                ),
+                (
+                    "is_active",
+                    models.BooleanField(default=False, verbose_name="served by a live worker"),
+                ),
+                ("paused", models.BooleanField(default=False, verbose_name="paused")),
+                ("critical", models.BooleanField(default=False, verbose_name="critical")),
+                (
+                    "default_queue",
+                    models.CharField(default="default", max_length=100, verbose_name="queue"),
+                ),
+                ("default_priority", models.SmallIntegerField(default=0, verbose_name="priority")),
+                (
+                    "default_max_attempts",
+                    models.PositiveIntegerField(blank=True, null=True, verbose_name="max attempts"),
+                ),
+                (
+                    "default_retry",
+                    models.JSONField(blank=True, null=True, verbose_name="retry strategy"),
+                ),
+                (
+                    "default_timeout",
+                    models.FloatField(blank=True, null=True, verbose_name="timeout (seconds)"),
+                ),
+                (
+                    "rate_limit",
+                    models.CharField(
+                        blank=True, default="", max_length=32, verbose_name="rate limit"
+                    ),
+                ),
+                (
+                    "concurrency_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="concurrency limit"
+                    ),
+                ),
+                (
+                    "circuit_state",
+                    models.CharField(
+                        choices=[
+                            ("closed", "Closed"),
+                            ("open", "Open"),
+                            ("half_open", "Half open (probing)"),
+                        ],
+                        default="closed",
+                        max_length=16,
+                        verbose_name="circuit",
+                    ),
+                ),
+                (
+                    "circuit_opened_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="circuit opened at"),
+                ),
+                (
+                    "consecutive_failures",
+                    models.PositiveIntegerField(default=0, verbose_name="consecutive failures"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="created at",
+                    ),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="updated at",
+                    ),
+                ),
+                (
+                    "last_seen_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last seen at"),
+                ),
             ],
             options={
-                'verbose_name': 'task type',
-                'verbose_name_plural': 'task types',
-                'ordering': ('name',),
+                "verbose_name": "task type",
+                "verbose_name_plural": "task types",
+                "ordering": ("name",),
             },
         ),
         migrations.CreateModel(
-            name='Task',
+            name="Task",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('task_type', models.CharField(max_length=200, verbose_name='task type')),
-                ('queue', models.CharField(default='default', max_length=100, verbose_name='queue')),
-                ('payload', models.JSONField(default=dict, verbose_name='payload')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('scheduled', 'Scheduled'), ('waiting', 'Waiting on dependencies'), ('running', 'Running'), ('retrying', 'Retrying'), ('completed', 'Completed'), ('failed', 'Failed (dead letter)'), ('cancelled', 'Cancelled')], default='pending', max_length=16, verbose_name='status')),
-                ('priority', models.SmallIntegerField(default=0, verbose_name='priority')),
-                ('run_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='run at')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='attempts')),
-                ('max_attempts', models.PositiveIntegerField(default=3, verbose_name='max attempts')),
-                ('retry', models.JSONField(blank=True, null=True, verbose_name='retry strategy')),
-                ('timeout', models.FloatField(blank=True, null=True, verbose_name='timeout (seconds)')),
-                ('last_error', models.TextField(blank=True, default='', verbose_name='last error')),
-                ('result', models.JSONField(blank=True, null=True, verbose_name='result')),
-                ('progress', models.FloatField(blank=True, null=True, verbose_name='progress')),
-                ('progress_message', models.CharField(blank=True, default='', max_length=255, verbose_name='progress message')),
-                ('idempotency_key', models.CharField(blank=True, max_length=255, null=True, verbose_name='idempotency key')),
-                ('metadata', models.JSONField(blank=True, default=dict, verbose_name='metadata')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='created at')),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='updated at')),
-                ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started at')),
-                ('completed_at', models.DateTimeField(blank=True, null=True, verbose_name='completed at')),
-                ('claimed_by', models.CharField(blank=True, max_length=255, null=True, verbose_name='claimed by worker')),
-                ('lease_id', models.UUIDField(blank=True, editable=False, null=True, verbose_name='lease')),
-                ('cancel_requested', models.BooleanField(default=False, verbose_name='cancel requested')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by')),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                ("task_type", models.CharField(max_length=200, verbose_name="task type")),
+                (
+                    "queue",
+                    models.CharField(default="default", max_length=100, verbose_name="queue"),
+                ),
+                ("payload", models.JSONField(default=dict, verbose_name="payload")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("scheduled", "Scheduled"),
+                            ("waiting", "Waiting on dependencies"),
+                            ("running", "Running"),
+                            ("retrying", "Retrying"),
+                            ("completed", "Completed"),
+                            ("failed", "Failed (dead letter)"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                ("priority", models.SmallIntegerField(default=0, verbose_name="priority")),
+                (
+                    "run_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(), verbose_name="run at"
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0, verbose_name="attempts")),
+                (
+                    "max_attempts",
+                    models.PositiveIntegerField(default=3, verbose_name="max attempts"),
+                ),
+                ("retry", models.JSONField(blank=True, null=True, verbose_name="retry strategy")),
+                (
+                    "timeout",
+                    models.FloatField(blank=True, null=True, verbose_name="timeout (seconds)"),
+                ),
+                ("last_error", models.TextField(blank=True, default="", verbose_name="last error")),
+                ("result", models.JSONField(blank=True, null=True, verbose_name="result")),
+                ("progress", models.FloatField(blank=True, null=True, verbose_name="progress")),
+                (
+                    "progress_message",
+                    models.CharField(
+                        blank=True, default="", max_length=255, verbose_name="progress message"
+                    ),
+                ),
+                (
+                    "idempotency_key",
+                    models.CharField(
+                        blank=True, max_length=255, null=True, verbose_name="idempotency key"
+                    ),
+                ),
+                ("metadata", models.JSONField(blank=True, default=dict, verbose_name="metadata")),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="created at",
+                    ),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="updated at",
+                    ),
+                ),
+                (
+                    "started_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="started at"),
+                ),
+                (
+                    "completed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="completed at"),
+                ),
+                (
+                    "claimed_by",
+                    models.CharField(
+                        blank=True, max_length=255, null=True, verbose_name="claimed by worker"
+                    ),
+                ),
+                (
+                    "lease_id",
+                    models.UUIDField(blank=True, editable=False, null=True, verbose_name="lease"),
+                ),
+                (
+                    "cancel_requested",
+                    models.BooleanField(default=False, verbose_name="cancel requested"),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="created by",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'task',
-                'verbose_name_plural': 'tasks',
-                'ordering': ('-created_at',),
+                "verbose_name": "task",
+                "verbose_name_plural": "tasks",
+                "ordering": ("-created_at",),
             },
         ),
         migrations.CreateModel(
-            name='TaskDependency',
+            name="TaskDependency",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('depends_on', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='taskqueue.task')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='taskqueue.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "depends_on",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="taskqueue.task",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to="taskqueue.task",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'task dependency',
-                'verbose_name_plural': 'task dependencies',
+                "verbose_name": "task dependency",
+                "verbose_name_plural": "task dependencies",
             },
         ),
         migrations.AddField(
-            model_name='task',
-            name='depends_on',
-            field=models.ManyToManyField(blank=True, related_name='dependents', through='taskqueue.TaskDependency', to='taskqueue.task', verbose_name='depends on'),
+            model_name="task",
+            name="depends_on",
+            field=models.ManyToManyField(
+                blank=True,
+                related_name="dependents",
+                through="taskqueue.TaskDependency",
+                to="taskqueue.task",
+                verbose_name="depends on",
+            ),
         ),
         migrations.CreateModel(
-            name='Worker',
+            name="Worker",
             fields=[
-                ('id', models.CharField(max_length=255, primary_key=True, serialize=False, verbose_name='worker id')),
-                ('hostname', models.CharField(max_length=255, verbose_name='host')),
-                ('pid', models.PositiveIntegerField(verbose_name='process id')),
-                ('queues', models.JSONField(default=list, verbose_name='queues')),
-                ('task_types', models.JSONField(default=list, verbose_name='task types served')),
-                ('concurrency', models.PositiveIntegerField(verbose_name='concurrency')),
-                ('status', models.CharField(choices=[('running', 'Running'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('lost', 'Lost (stopped heartbeating)')], default='running', max_length=16, verbose_name='status')),
-                ('started_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='started at')),
-                ('last_heartbeat', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='last heartbeat')),
-                ('stopped_at', models.DateTimeField(blank=True, null=True, verbose_name='stopped at')),
-                ('tasks_processed', models.PositiveBigIntegerField(default=0, verbose_name='tasks processed')),
+                (
+                    "id",
+                    models.CharField(
+                        max_length=255, primary_key=True, serialize=False, verbose_name="worker id"
+                    ),
+                ),
+                ("hostname", models.CharField(max_length=255, verbose_name="host")),
+                ("pid", models.PositiveIntegerField(verbose_name="process id")),
+                ("queues", models.JSONField(default=list, verbose_name="queues")),
+                ("task_types", models.JSONField(default=list, verbose_name="task types served")),
+                ("concurrency", models.PositiveIntegerField(verbose_name="concurrency")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("running", "Running"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("lost", "Lost (stopped heartbeating)"),
+                        ],
+                        default="running",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "started_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="started at",
+                    ),
+                ),
+                (
+                    "last_heartbeat",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="last heartbeat",
+                    ),
+                ),
+                (
+                    "stopped_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="stopped at"),
+                ),
+                (
+                    "tasks_processed",
+                    models.PositiveBigIntegerField(default=0, verbose_name="tasks processed"),
+                ),
             ],
             options={
-                'verbose_name': 'worker',
-                'verbose_name_plural': 'workers',
-                'ordering': ('-last_heartbeat',),
-                'indexes': [models.Index(fields=['status', 'last_heartbeat'], name='taskqueue_worker_live_idx')],
+                "verbose_name": "worker",
+                "verbose_name_plural": "workers",
+                "ordering": ("-last_heartbeat",),
+                "indexes": [
+                    models.Index(
+                        fields=["status", "last_heartbeat"], name="taskqueue_worker_live_idx"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_type', models.CharField(max_length=200, verbose_name='task type')),
-                ('queue', models.CharField(default='default', max_length=100, verbose_name='queue')),
-                ('error_type', models.CharField(blank=True, default='', max_length=255, verbose_name='error type')),
-                ('error', models.TextField(blank=True, default='', verbose_name='error')),
-                ('traceback', models.TextField(blank=True, default='', verbose_name='traceback')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='attempts')),
-                ('attempts_history', models.JSONField(blank=True, default=list, verbose_name='attempts history')),
-                ('failed_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='failed at')),
-                ('reviewed', models.BooleanField(default=False, verbose_name='reviewed')),
-                ('reviewed_at', models.DateTimeField(blank=True, null=True, verbose_name='reviewed at')),
-                ('note', models.TextField(blank=True, default='', verbose_name='note')),
-                ('resolved_at', models.DateTimeField(blank=True, null=True, verbose_name='resolved at')),
-                ('reviewed_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='reviewed by')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dead_letters', to='taskqueue.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_type", models.CharField(max_length=200, verbose_name="task type")),
+                (
+                    "queue",
+                    models.CharField(default="default", max_length=100, verbose_name="queue"),
+                ),
+                (
+                    "error_type",
+                    models.CharField(
+                        blank=True, default="", max_length=255, verbose_name="error type"
+                    ),
+                ),
+                ("error", models.TextField(blank=True, default="", verbose_name="error")),
+                ("traceback", models.TextField(blank=True, default="", verbose_name="traceback")),
+                ("attempts", models.PositiveIntegerField(default=0, verbose_name="attempts")),
+                (
+                    "attempts_history",
+                    models.JSONField(blank=True, default=list, verbose_name="attempts history"),
+                ),
+                (
+                    "failed_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="failed at",
+                    ),
+                ),
+                ("reviewed", models.BooleanField(default=False, verbose_name="reviewed")),
+                (
+                    "reviewed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="reviewed at"),
+                ),
+                ("note", models.TextField(blank=True, default="", verbose_name="note")),
+                (
+                    "resolved_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="resolved at"),
+                ),
+                (
+                    "reviewed_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="reviewed by",
+                    ),
+                ),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="dead_letters",
+                        to="taskqueue.task",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'dead letter',
-                'verbose_name_plural': 'dead letters',
-                'ordering': ('-failed_at',),
-                'indexes': [models.Index(fields=['reviewed', 'failed_at'], name='taskqueue_dead_reviewed_idx'), models.Index(fields=['task_type', 'error_type'], name='taskqueue_dead_group_idx')],
+                "verbose_name": "dead letter",
+                "verbose_name_plural": "dead letters",
+                "ordering": ("-failed_at",),
+                "indexes": [
+                    models.Index(
+                        fields=["reviewed", "failed_at"], name="taskqueue_dead_reviewed_idx"
+                    ),
+                    models.Index(
+                        fields=["task_type", "error_type"], name="taskqueue_dead_group_idx"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='TaskAttempt',
+            name="TaskAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField(verbose_name='attempt')),
-                ('worker_id', models.CharField(blank=True, default='', max_length=255, verbose_name='worker')),
-                ('outcome', models.CharField(choices=[('failed', 'Failed'), ('timed_out', 'Timed out'), ('worker_lost', 'Worker lost'), ('released', 'Released at shutdown')], max_length=16, verbose_name='outcome')),
-                ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started at')),
-                ('finished_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='finished at')),
-                ('error_type', models.CharField(blank=True, default='', max_length=255, verbose_name='error type')),
-                ('error', models.TextField(blank=True, default='', verbose_name='error')),
-                ('traceback', models.TextField(blank=True, default='', verbose_name='traceback')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_log', to='taskqueue.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField(verbose_name="attempt")),
+                (
+                    "worker_id",
+                    models.CharField(blank=True, default="", max_length=255, verbose_name="worker"),
+                ),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("failed", "Failed"),
+                            ("timed_out", "Timed out"),
+                            ("worker_lost", "Worker lost"),
+                            ("released", "Released at shutdown"),
+                        ],
+                        max_length=16,
+                        verbose_name="outcome",
+                    ),
+                ),
+                (
+                    "started_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="started at"),
+                ),
+                (
+                    "finished_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="finished at",
+                    ),
+                ),
+                (
+                    "error_type",
+                    models.CharField(
+                        blank=True, default="", max_length=255, verbose_name="error type"
+                    ),
+                ),
+                ("error", models.TextField(blank=True, default="", verbose_name="error")),
+                ("traceback", models.TextField(blank=True, default="", verbose_name="traceback")),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="attempt_log",
+                        to="taskqueue.task",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'task attempt',
-                'verbose_name_plural': 'task attempts',
-                'ordering': ('task', 'number', 'id'),
-                'indexes': [models.Index(fields=['task', 'number'], name='taskqueue_attempt_task_idx')],
+                "verbose_name": "task attempt",
+                "verbose_name_plural": "task attempts",
+                "ordering": ("task", "number", "id"),
+                "indexes": [
+                    models.Index(fields=["task", "number"], name="taskqueue_attempt_task_idx")
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='taskdependency',
-            constraint=models.UniqueConstraint(fields=('task', 'depends_on'), name='taskqueue_dependency_unique'),
+            model_name="taskdependency",
+            constraint=models.UniqueConstraint(
+                fields=("task", "depends_on"), name="taskqueue_dependency_unique"
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status__in', ('pending', 'scheduled', 'retrying'))), fields=['-priority', 'run_at', 'created_at'], name='taskqueue_task_due_idx'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status__in", ("pending", "scheduled", "retrying"))),
+                fields=["-priority", "run_at", "created_at"],
+                name="taskqueue_task_due_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'running')), fields=['claimed_by'], name='taskqueue_task_running_idx'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "running")),
+                fields=["claimed_by"],
+                name="taskqueue_task_running_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['task_type', 'status'], name='taskqueue_task_type_status'),
+            model_name="task",
+            index=models.Index(fields=["task_type", "status"], name="taskqueue_task_type_status"),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status__in', ('completed', 'failed', 'cancelled'))), fields=['status', 'completed_at'], name='taskqueue_task_finished_idx'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status__in", ("completed", "failed", "cancelled"))),
+                fields=["status", "completed_at"],
+                name="taskqueue_task_finished_idx",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(fields=['created_at'], name='taskqueue_task_created_idx'),
+            model_name="task",
+            index=models.Index(fields=["created_at"], name="taskqueue_task_created_idx"),
         ),
         migrations.AddConstraint(
-            model_name='task',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False), ('status__in', ('pending', 'scheduled', 'retrying', 'waiting', 'running'))), fields=('idempotency_key',), name='taskqueue_task_idempotency_key_unfinished'),
+            model_name="task",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(
+                    ("idempotency_key__isnull", False),
+                    ("status__in", ("pending", "scheduled", "retrying", "waiting", "running")),
+                ),
+                fields=("idempotency_key",),
+                name="taskqueue_task_idempotency_key_unfinished",
+            ),
         ),
     ]

@@ -8,114 +8,250 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('taskqueue', '0002_notify_trigger'),
+        ("taskqueue", "0002_notify_trigger"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='task',
-            name='has_dependents',
-            field=models.BooleanField(default=False, verbose_name='has dependents'),
+            model_name="task",
+            name="has_dependents",
+            field=models.BooleanField(default=False, verbose_name="has dependents"),
         ),
         migrations.AddField(
-            model_name='task',
-            name='schedule_slot',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='schedule slot'),
+            model_name="task",
+            name="schedule_slot",
+            field=models.DateTimeField(blank=True, null=True, verbose_name="schedule slot"),
         ),
         migrations.AddField(
-            model_name='taskdependency',
-            name='position',
-            field=models.PositiveIntegerField(default=0, verbose_name='position'),
+            model_name="taskdependency",
+            name="position",
+            field=models.PositiveIntegerField(default=0, verbose_name="position"),
         ),
         migrations.AddField(
-            model_name='tasktype',
-            name='circuit_cooldown',
-            field=models.FloatField(blank=True, null=True, verbose_name='circuit cool-down (seconds)'),
+            model_name="tasktype",
+            name="circuit_cooldown",
+            field=models.FloatField(
+                blank=True, null=True, verbose_name="circuit cool-down (seconds)"
+            ),
         ),
         migrations.AddField(
-            model_name='tasktype',
-            name='circuit_threshold',
-            field=models.PositiveIntegerField(blank=True, null=True, verbose_name='circuit opens after (failures)'),
+            model_name="tasktype",
+            name="circuit_threshold",
+            field=models.PositiveIntegerField(
+                blank=True, null=True, verbose_name="circuit opens after (failures)"
+            ),
         ),
         migrations.AddField(
-            model_name='tasktype',
-            name='rate_tokens',
-            field=models.FloatField(blank=True, null=True, verbose_name='rate tokens'),
+            model_name="tasktype",
+            name="rate_tokens",
+            field=models.FloatField(blank=True, null=True, verbose_name="rate tokens"),
         ),
         migrations.AddField(
-            model_name='tasktype',
-            name='rate_updated_at',
-            field=models.DateTimeField(blank=True, null=True, verbose_name='rate tokens counted at'),
+            model_name="tasktype",
+            name="rate_updated_at",
+            field=models.DateTimeField(
+                blank=True, null=True, verbose_name="rate tokens counted at"
+            ),
         ),
         migrations.CreateModel(
-            name='Schedule',
+            name="Schedule",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True, verbose_name='name')),
-                ('task_type', models.CharField(max_length=200, verbose_name='task type')),
-                ('cron', models.CharField(max_length=120, verbose_name='cron expression')),
-                ('timezone', models.CharField(default='UTC', max_length=64, verbose_name='time zone')),
-                ('payload', models.JSONField(blank=True, default=dict, verbose_name='payload')),
-                ('queue', models.CharField(blank=True, default='', max_length=100, verbose_name='queue')),
-                ('priority', models.SmallIntegerField(blank=True, null=True, verbose_name='priority')),
-                ('enabled', models.BooleanField(default=True, verbose_name='enabled')),
-                ('source', models.CharField(choices=[('code', 'Code (@periodic)'), ('settings', 'Settings (SCHEDULES)'), ('admin', 'Admin')], default='admin', max_length=16, verbose_name='defined in')),
-                ('catch_up', models.CharField(choices=[('once', 'Once, for the latest missed slot'), ('all', 'Every missed slot'), ('skip', 'Skip missed slots')], default='once', max_length=8, verbose_name='after downtime')),
-                ('grace', models.FloatField(blank=True, null=True, verbose_name='grace (seconds)')),
-                ('heartbeat_url', models.URLField(blank=True, default='', max_length=500, verbose_name='heartbeat URL')),
-                ('description', models.TextField(blank=True, default='', verbose_name='description')),
-                ('next_run_at', models.DateTimeField(blank=True, null=True, verbose_name='next run at')),
-                ('last_slot', models.DateTimeField(blank=True, null=True, verbose_name='last slot fired')),
-                ('last_fired_at', models.DateTimeField(blank=True, null=True, verbose_name='last fired at')),
-                ('last_success_at', models.DateTimeField(blank=True, null=True, verbose_name='last success at')),
-                ('late_since', models.DateTimeField(blank=True, null=True, verbose_name='late since')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='created at')),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='updated at')),
-                ('last_task', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='taskqueue.task', verbose_name='last task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True, verbose_name="name")),
+                ("task_type", models.CharField(max_length=200, verbose_name="task type")),
+                ("cron", models.CharField(max_length=120, verbose_name="cron expression")),
+                (
+                    "timezone",
+                    models.CharField(default="UTC", max_length=64, verbose_name="time zone"),
+                ),
+                ("payload", models.JSONField(blank=True, default=dict, verbose_name="payload")),
+                (
+                    "queue",
+                    models.CharField(blank=True, default="", max_length=100, verbose_name="queue"),
+                ),
+                (
+                    "priority",
+                    models.SmallIntegerField(blank=True, null=True, verbose_name="priority"),
+                ),
+                ("enabled", models.BooleanField(default=True, verbose_name="enabled")),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[
+                            ("code", "Code (@periodic)"),
+                            ("settings", "Settings (SCHEDULES)"),
+                            ("admin", "Admin"),
+                        ],
+                        default="admin",
+                        max_length=16,
+                        verbose_name="defined in",
+                    ),
+                ),
+                (
+                    "catch_up",
+                    models.CharField(
+                        choices=[
+                            ("once", "Once, for the latest missed slot"),
+                            ("all", "Every missed slot"),
+                            ("skip", "Skip missed slots"),
+                        ],
+                        default="once",
+                        max_length=8,
+                        verbose_name="after downtime",
+                    ),
+                ),
+                ("grace", models.FloatField(blank=True, null=True, verbose_name="grace (seconds)")),
+                (
+                    "heartbeat_url",
+                    models.URLField(
+                        blank=True, default="", max_length=500, verbose_name="heartbeat URL"
+                    ),
+                ),
+                (
+                    "description",
+                    models.TextField(blank=True, default="", verbose_name="description"),
+                ),
+                (
+                    "next_run_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="next run at"),
+                ),
+                (
+                    "last_slot",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last slot fired"),
+                ),
+                (
+                    "last_fired_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last fired at"),
+                ),
+                (
+                    "last_success_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last success at"),
+                ),
+                (
+                    "late_since",
+                    models.DateTimeField(blank=True, null=True, verbose_name="late since"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="created at",
+                    ),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="updated at",
+                    ),
+                ),
+                (
+                    "last_task",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="taskqueue.task",
+                        verbose_name="last task",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'schedule',
-                'verbose_name_plural': 'schedules',
-                'ordering': ('name',),
+                "verbose_name": "schedule",
+                "verbose_name_plural": "schedules",
+                "ordering": ("name",),
             },
         ),
         migrations.AddField(
-            model_name='task',
-            name='schedule',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='tasks', to='taskqueue.schedule', verbose_name='schedule'),
+            model_name="task",
+            name="schedule",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="tasks",
+                to="taskqueue.schedule",
+                verbose_name="schedule",
+            ),
         ),
         migrations.CreateModel(
-            name='Workflow',
+            name="Workflow",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('name', models.CharField(blank=True, default='', max_length=200, verbose_name='name')),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='created at')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='created by')),
+                (
+                    "id",
+                    models.UUIDField(
+                        default=uuid.uuid4, editable=False, primary_key=True, serialize=False
+                    ),
+                ),
+                (
+                    "name",
+                    models.CharField(blank=True, default="", max_length=200, verbose_name="name"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="created at",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="created by",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'workflow',
-                'verbose_name_plural': 'workflows',
-                'ordering': ('-created_at',),
+                "verbose_name": "workflow",
+                "verbose_name_plural": "workflows",
+                "ordering": ("-created_at",),
             },
         ),
         migrations.AddField(
-            model_name='task',
-            name='workflow',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='tasks', to='taskqueue.workflow', verbose_name='workflow'),
+            model_name="task",
+            name="workflow",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="tasks",
+                to="taskqueue.workflow",
+                verbose_name="workflow",
+            ),
         ),
         migrations.AddIndex(
-            model_name='task',
-            index=models.Index(condition=models.Q(('status', 'waiting')), fields=['created_at'], name='taskqueue_task_waiting_idx'),
+            model_name="task",
+            index=models.Index(
+                condition=models.Q(("status", "waiting")),
+                fields=["created_at"],
+                name="taskqueue_task_waiting_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='task',
-            constraint=models.UniqueConstraint(condition=models.Q(('schedule__isnull', False), ('schedule_slot__isnull', False)), fields=('schedule', 'schedule_slot'), name='taskqueue_task_schedule_slot_unique'),
+            model_name="task",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("schedule__isnull", False), ("schedule_slot__isnull", False)),
+                fields=("schedule", "schedule_slot"),
+                name="taskqueue_task_schedule_slot_unique",
+            ),
         ),
         migrations.AddIndex(
-            model_name='schedule',
-            index=models.Index(fields=['enabled', 'next_run_at'], name='taskqueue_schedule_due_idx'),
+            model_name="schedule",
+            index=models.Index(
+                fields=["enabled", "next_run_at"], name="taskqueue_schedule_due_idx"
+            ),
         ),
     ]

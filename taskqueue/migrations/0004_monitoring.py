@@ -5,93 +5,180 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('taskqueue', '0003_flow_control_schedules_workflows'),
+        ("taskqueue", "0003_flow_control_schedules_workflows"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AlertState',
+            name="AlertState",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=255, unique=True, verbose_name='alert')),
-                ('last_sent_at', models.DateTimeField(blank=True, null=True, verbose_name='last sent at')),
-                ('suppressed', models.PositiveIntegerField(default=0, verbose_name='held back since')),
-                ('samples', models.JSONField(blank=True, default=list, verbose_name='held-back samples')),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='updated at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("key", models.CharField(max_length=255, unique=True, verbose_name="alert")),
+                (
+                    "last_sent_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last sent at"),
+                ),
+                (
+                    "suppressed",
+                    models.PositiveIntegerField(default=0, verbose_name="held back since"),
+                ),
+                (
+                    "samples",
+                    models.JSONField(blank=True, default=list, verbose_name="held-back samples"),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="updated at",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'alert state',
-                'verbose_name_plural': 'alert states',
+                "verbose_name": "alert state",
+                "verbose_name_plural": "alert states",
             },
         ),
         migrations.CreateModel(
-            name='EventRecord',
+            name="EventRecord",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('time', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='time')),
-                ('name', models.CharField(max_length=50, verbose_name='event')),
-                ('severity', models.CharField(max_length=10, verbose_name='severity')),
-                ('task_id', models.UUIDField(blank=True, null=True, verbose_name='task')),
-                ('task_type', models.CharField(blank=True, default='', max_length=200, verbose_name='task type')),
-                ('queue', models.CharField(blank=True, default='', max_length=100, verbose_name='queue')),
-                ('worker_id', models.CharField(blank=True, default='', max_length=255, verbose_name='worker')),
-                ('message', models.TextField(blank=True, default='', verbose_name='message')),
-                ('data', models.JSONField(blank=True, default=dict, verbose_name='data')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                (
+                    "time",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(), verbose_name="time"
+                    ),
+                ),
+                ("name", models.CharField(max_length=50, verbose_name="event")),
+                ("severity", models.CharField(max_length=10, verbose_name="severity")),
+                ("task_id", models.UUIDField(blank=True, null=True, verbose_name="task")),
+                (
+                    "task_type",
+                    models.CharField(
+                        blank=True, default="", max_length=200, verbose_name="task type"
+                    ),
+                ),
+                (
+                    "queue",
+                    models.CharField(blank=True, default="", max_length=100, verbose_name="queue"),
+                ),
+                (
+                    "worker_id",
+                    models.CharField(blank=True, default="", max_length=255, verbose_name="worker"),
+                ),
+                ("message", models.TextField(blank=True, default="", verbose_name="message")),
+                ("data", models.JSONField(blank=True, default=dict, verbose_name="data")),
             ],
             options={
-                'verbose_name': 'event',
-                'verbose_name_plural': 'events',
-                'indexes': [models.Index(fields=['time'], name='taskqueue_event_time_idx')],
+                "verbose_name": "event",
+                "verbose_name_plural": "events",
+                "indexes": [models.Index(fields=["time"], name="taskqueue_event_time_idx")],
             },
         ),
         migrations.CreateModel(
-            name='MetricsMinute',
+            name="MetricsMinute",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('minute', models.DateTimeField(verbose_name='minute')),
-                ('worker_id', models.CharField(max_length=255, verbose_name='worker')),
-                ('task_type', models.CharField(max_length=200, verbose_name='task type')),
-                ('queue', models.CharField(max_length=100, verbose_name='queue')),
-                ('succeeded', models.PositiveIntegerField(default=0, verbose_name='succeeded')),
-                ('failed', models.PositiveIntegerField(default=0, verbose_name='failed attempts')),
-                ('retried', models.PositiveIntegerField(default=0, verbose_name='retries scheduled')),
-                ('dead_lettered', models.PositiveIntegerField(default=0, verbose_name='dead-lettered')),
-                ('cancelled', models.PositiveIntegerField(default=0, verbose_name='cancelled')),
-                ('timed_out', models.PositiveIntegerField(default=0, verbose_name='timed out')),
-                ('run_seconds', models.FloatField(default=0.0, verbose_name='run time total (s)')),
-                ('wait_seconds', models.FloatField(default=0.0, verbose_name='wait time total (s)')),
-                ('run_histogram', models.JSONField(default=list, verbose_name='run time histogram')),
-                ('wait_histogram', models.JSONField(default=list, verbose_name='wait time histogram')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("minute", models.DateTimeField(verbose_name="minute")),
+                ("worker_id", models.CharField(max_length=255, verbose_name="worker")),
+                ("task_type", models.CharField(max_length=200, verbose_name="task type")),
+                ("queue", models.CharField(max_length=100, verbose_name="queue")),
+                ("succeeded", models.PositiveIntegerField(default=0, verbose_name="succeeded")),
+                ("failed", models.PositiveIntegerField(default=0, verbose_name="failed attempts")),
+                (
+                    "retried",
+                    models.PositiveIntegerField(default=0, verbose_name="retries scheduled"),
+                ),
+                (
+                    "dead_lettered",
+                    models.PositiveIntegerField(default=0, verbose_name="dead-lettered"),
+                ),
+                ("cancelled", models.PositiveIntegerField(default=0, verbose_name="cancelled")),
+                ("timed_out", models.PositiveIntegerField(default=0, verbose_name="timed out")),
+                ("run_seconds", models.FloatField(default=0.0, verbose_name="run time total (s)")),
+                (
+                    "wait_seconds",
+                    models.FloatField(default=0.0, verbose_name="wait time total (s)"),
+                ),
+                (
+                    "run_histogram",
+                    models.JSONField(default=list, verbose_name="run time histogram"),
+                ),
+                (
+                    "wait_histogram",
+                    models.JSONField(default=list, verbose_name="wait time histogram"),
+                ),
             ],
             options={
-                'verbose_name': 'metrics minute',
-                'verbose_name_plural': 'metrics minutes',
-                'indexes': [models.Index(fields=['minute'], name='taskqueue_metrics_minute_idx')],
-                'constraints': [models.UniqueConstraint(fields=('minute', 'worker_id', 'task_type', 'queue'), name='taskqueue_metrics_minute_unique')],
+                "verbose_name": "metrics minute",
+                "verbose_name_plural": "metrics minutes",
+                "indexes": [models.Index(fields=["minute"], name="taskqueue_metrics_minute_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("minute", "worker_id", "task_type", "queue"),
+                        name="taskqueue_metrics_minute_unique",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='MetricsTotal',
+            name="MetricsTotal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_type', models.CharField(max_length=200, verbose_name='task type')),
-                ('queue', models.CharField(max_length=100, verbose_name='queue')),
-                ('succeeded', models.PositiveBigIntegerField(default=0, verbose_name='succeeded')),
-                ('failed', models.PositiveBigIntegerField(default=0, verbose_name='failed attempts')),
-                ('retried', models.PositiveBigIntegerField(default=0, verbose_name='retries scheduled')),
-                ('dead_lettered', models.PositiveBigIntegerField(default=0, verbose_name='dead-lettered')),
-                ('cancelled', models.PositiveBigIntegerField(default=0, verbose_name='cancelled')),
-                ('timed_out', models.PositiveBigIntegerField(default=0, verbose_name='timed out')),
-                ('run_seconds', models.FloatField(default=0.0, verbose_name='run time total (s)')),
-                ('run_histogram', models.JSONField(default=list, verbose_name='run time histogram')),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), verbose_name='updated at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_type", models.CharField(max_length=200, verbose_name="task type")),
+                ("queue", models.CharField(max_length=100, verbose_name="queue")),
+                ("succeeded", models.PositiveBigIntegerField(default=0, verbose_name="succeeded")),
+                (
+                    "failed",
+                    models.PositiveBigIntegerField(default=0, verbose_name="failed attempts"),
+                ),
+                (
+                    "retried",
+                    models.PositiveBigIntegerField(default=0, verbose_name="retries scheduled"),
+                ),
+                (
+                    "dead_lettered",
+                    models.PositiveBigIntegerField(default=0, verbose_name="dead-lettered"),
+                ),
+                ("cancelled", models.PositiveBigIntegerField(default=0, verbose_name="cancelled")),
+                ("timed_out", models.PositiveBigIntegerField(default=0, verbose_name="timed out")),
+                ("run_seconds", models.FloatField(default=0.0, verbose_name="run time total (s)")),
+                (
+                    "run_histogram",
+                    models.JSONField(default=list, verbose_name="run time histogram"),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(),
+                        verbose_name="updated at",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'metrics total',
-                'verbose_name_plural': 'metrics totals',
-                'constraints': [models.UniqueConstraint(fields=('task_type', 'queue'), name='taskqueue_metrics_total_unique')],
+                "verbose_name": "metrics total",
+                "verbose_name_plural": "metrics totals",
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("task_type", "queue"), name="taskqueue_metrics_total_unique"
+                    )
+                ],
             },
         ),
     ]

@@ -5,8 +5,9 @@ Read-only query helpers live here; every change of a queue row goes through
 ``taskqueue.store``. Every public name is importable from ``taskqueue.models``.
 """
 
+from taskqueue.models.dashboard import Dashboard
 from taskqueue.models.scheduling import CatchUp, Schedule, ScheduleSource
-from taskqueue.models.task_types import CircuitState, TaskType
+from taskqueue.models.task_types import CircuitState, Queue, TaskType
 from taskqueue.models.tasks import (
     FINISHED_STATES,
     READY_STATES,
@@ -31,10 +32,12 @@ __all__ = [
     "AttemptOutcome",
     "CatchUp",
     "CircuitState",
+    "Dashboard",
     "DeadLetter",
     "EventRecord",
     "MetricsMinute",
     "MetricsTotal",
+    "Queue",
     "Schedule",
     "ScheduleSource",
     "Task",

@@ -1,4 +1,5 @@
-"""Task types as the database knows them: flow control (pause, rate) and circuit state."""
+"""Task types and queues as the database knows them: flow control (pause, rate) and circuit
+state."""
 
 from __future__ import annotations
 
@@ -48,6 +49,28 @@ class TaskType(models.Model):
     class Meta:
         verbose_name = _("task type")
         verbose_name_plural = _("task types")
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Queue(models.Model):
+    """A queue as the database knows it: workers claim nothing from a paused one.
+
+    A row exists for every queue a worker serves or a task was sent to; pausing holds back
+    every task type in it, on every host, beside the pause of a single task type.
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    paused = models.BooleanField(_("paused"), default=False)
+    paused_at = models.DateTimeField(_("paused at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("queue")
+        verbose_name_plural = _("queues")
         ordering = ("name",)
 
     def __str__(self) -> str:

@@ -127,6 +127,15 @@ class Task(models.Model):
         verbose_name=_("schedule"),
     )
     schedule_slot = models.DateTimeField(_("schedule slot"), null=True, blank=True)
+    # "Rerun" copies a finished task to a new pending one that points back at it.
+    rerun_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reruns",
+        verbose_name=_("rerun of"),
+    )
 
     objects = TaskQuerySet.as_manager()
 
